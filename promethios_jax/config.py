@@ -1,0 +1,230 @@
+"""Config schema, validation and derived values.
+
+Every config file in `configs/` starts from `base_config()` and overrides keys; the
+schema lives here so that one place says which keys exist and what they mean.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import ml_collections
+
+# Logical axis → mesh axes. Parameters and activations name logical axes only; this
+# table (overridable as `config.sharding.rules`) is the single place that maps them.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("telemetry", None),
+    ("classes", None),
+    ("length", None),
+    ("activation_embed", None),
+)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named with its key."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 512
+    m.d_model = 128
+    m.n_layers = 4
+    m.n_heads = 4
+    m.n_kv_heads = 2
+    m.head_dim = 0  # 0: d_model // n_heads
+    m.d_ff = 384
+    m.rope_theta = 10000.0
+    m.norm_eps = 1e-5
+    m.tie_embeddings = False
+    m.max_seq_len = 512
+    m.compute_dtype = "float32"
+    m.param_dtype = "float32"
+    m.attention_impl = "xla"  # "xla" | "cudnn"
+    m.remat_policy = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    m.scan_layers = True
+    # 1-based layer numbers; conditioning is added to the residual stream entering them.
+    m.anchor_layers = [2, 4]
+    m.uncertainty_layers = [3, 4]  # inclusive 1-based range the uncertainty head pools
+    m.tool_layers = [3, 4]  # inclusive 1-based range the tool head pools
+    m.telemetry_dim = 16
+    m.telemetry_hidden = 0  # 0: d_model
+    m.n_decisions = 4
+    m.n_tools = 6
+    m.n_confidence = 4
+    m.n_uncertainty = 6
+    m.n_bias = 6
+    m.init_std = 0.02
+
+    c.loss = lw = ml_collections.ConfigDict()
+    lw.lm = 1.0
+    lw.hitl = 1.0
+    lw.decision = 0.5
+    lw.confidence = 0.5
+    lw.uncertainty = 0.5
+    lw.bias = 0.5
+    lw.tool = 0.5
+    lw.uncertainty_weighting = False  # Kendall et al. learned task weights
+
+    c.data = d = ml_collections.ConfigDict()
+    d.path = ""  # empty: generate into WORKDIR/data
+    d.num_examples = 10000
+    d.seed = 0
+    d.heldout_fraction = 0.03
+    d.tokenizer = "byte"  # "byte" or a path to a SentencePiece model file
+    d.max_segments_per_row = 8
+    d.shuffle_seed = 0
+    d.worker_count = 0  # Grain worker processes for prefetch; 0 keeps it in-process
+    d.prefetch_buffer_size = 2
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 300
+    t.global_batch_size = 16
+    t.grad_accum_steps = 1
+    t.learning_rate = 3e-3
+    t.warmup_steps = 30
+    t.min_lr_ratio = 0.1
+    t.weight_decay = 0.1
+    t.b1 = 0.9
+    t.b2 = 0.95
+    t.eps = 1e-8
+    t.grad_clip = 1.0
+    t.seed = 0
+    t.log_every = 10
+    t.nan_policy = "stop"  # "stop" | "skip"
+
+    c.mesh = mesh = ml_collections.ConfigDict()
+    mesh.data = -1
+    mesh.fsdp = 1
+    mesh.tensor = 1
+
+    c.sharding = s = ml_collections.ConfigDict()
+    s.rules = [list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])] for r in DEFAULT_RULES]
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every_steps = 100
+    ck.max_to_keep = 3
+    ck.keep_period = 0  # 0: off; otherwise also keep every step divisible by it
+    ck.async_save = True
+
+    c.monitor = mo = ml_collections.ConfigDict()
+    mo.hourly_cost_usd = 0.0
+    mo.peak_tflops = 0.0  # 0: look the device up in the peak table
+
+    c.profile = p = ml_collections.ConfigDict()
+    p.start_step = -1
+    p.num_steps = 0
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.batch_size = 32
+    e.num_generate = 64
+    e.max_new_tokens = 160
+    e.hitl_escalation_threshold = 0.5
+
+    return c
+
+
+def head_dim(model_cfg) -> int:
+    return model_cfg.head_dim or model_cfg.d_model // model_cfg.n_heads
+
+
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+    """Fills one -1 axis with the remaining devices; refuses shapes that do not fit."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    free = [i for i, s in enumerate(sizes) if s == -1]
+    if len(free) > 1:
+        raise ConfigError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    for a, s in zip(MESH_AXES, sizes):
+        if s == 0 or s < -1:
+            raise ConfigError(f"config.mesh.{a}={s}: axis sizes must be positive or -1")
+    fixed = math.prod(s for s in sizes if s != -1)
+    if free:
+        if num_devices % fixed:
+            raise ConfigError(
+                f"config.mesh {dict(zip(MESH_AXES, sizes))}: the fixed axes ({fixed} devices) "
+                f"do not divide the {num_devices} available devices")
+        sizes[free[0]] = num_devices // fixed
+    if math.prod(sizes) != num_devices:
+        raise ConfigError(
+            f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"but {num_devices} are available")
+    return tuple(sizes)
+
+
+def validate(config, num_devices: int | None = None, process_count: int = 1) -> None:
+    """Checks everything that can be checked before any compile; raises ConfigError."""
+    m, t = config.model, config.train
+    if m.d_model <= 0 or m.n_layers <= 0 or m.n_heads <= 0 or m.n_kv_heads <= 0:
+        raise ConfigError("config.model: d_model, n_layers, n_heads and n_kv_heads must be positive")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(f"config.model.n_heads={m.n_heads} is not a multiple of n_kv_heads={m.n_kv_heads}")
+    if not m.head_dim and m.d_model % m.n_heads:
+        raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by n_heads={m.n_heads}")
+    if head_dim(m) % 2:
+        raise ConfigError(f"head_dim={head_dim(m)} must be even for RoPE")
+    for key in ("compute_dtype", "param_dtype"):
+        if m[key] not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"config.model.{key}={m[key]!r}: use float32, bfloat16 or float16")
+    if m.attention_impl not in ("xla", "cudnn"):
+        raise ConfigError(f"config.model.attention_impl={m.attention_impl!r}: use 'xla' or 'cudnn'")
+    if m.remat_policy not in REMAT_POLICIES:
+        raise ConfigError(f"config.model.remat_policy={m.remat_policy!r}: use one of {sorted(REMAT_POLICIES)}")
+    for a in m.anchor_layers:
+        if not 1 <= a <= m.n_layers:
+            raise ConfigError(f"config.model.anchor_layers: {a} is outside 1..{m.n_layers}")
+    for key in ("uncertainty_layers", "tool_layers"):
+        lo, hi = m[key]
+        if not 1 <= lo <= hi <= m.n_layers:
+            raise ConfigError(f"config.model.{key}={list(m[key])}: need 1 <= first <= last <= {m.n_layers}")
+    if t.steps < 0:
+        raise ConfigError(f"config.train.steps={t.steps} must be >= 0")
+    if t.grad_accum_steps < 1:
+        raise ConfigError(f"config.train.grad_accum_steps={t.grad_accum_steps} must be >= 1")
+    if t.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"config.train.nan_policy={t.nan_policy!r}: use 'stop' or 'skip'")
+    if config.checkpoint.every_steps <= 0:
+        raise ConfigError("config.checkpoint.every_steps must be positive")
+    for rule in config.sharding.rules:
+        axes = rule[1]
+        axes = [] if axes is None else ([axes] if isinstance(axes, str) else list(axes))
+        for a in axes:
+            if a not in MESH_AXES:
+                raise ConfigError(f"config.sharding.rules: {rule[0]!r} maps to unknown mesh axis {a!r}")
+    if num_devices is not None:
+        data, fsdp, tensor = resolve_mesh_shape(config.mesh, num_devices)
+        if m.n_heads % tensor or m.n_kv_heads % tensor:
+            raise ConfigError(
+                f"config.model heads ({m.n_heads}) and kv heads ({m.n_kv_heads}) must be divisible by "
+                f"config.mesh.tensor={tensor}")
+        shards = data * fsdp * t.grad_accum_steps
+        if t.global_batch_size % shards:
+            raise ConfigError(
+                f"config.train.global_batch_size={t.global_batch_size} is not divisible by "
+                f"data*fsdp*grad_accum_steps = {data}*{fsdp}*{t.grad_accum_steps} = {shards}")
+        if t.global_batch_size % process_count:
+            raise ConfigError(
+                f"config.train.global_batch_size={t.global_batch_size} is not divisible by the "
+                f"{process_count} processes")
+
+
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+
+
+def rules_as_tuples(rules: Sequence) -> tuple:
+    out = []
+    for name, axes in rules:
+        if isinstance(axes, (list, tuple)):
+            axes = tuple(axes) if axes else None
+        out.append((name, axes))
+    return tuple(out)
