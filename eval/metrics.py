@@ -18,11 +18,11 @@ Quality gates (`gates`), each a number in [0, 1] compared with the seed's thresh
   HITL accuracy relative to the data's HITL ceiling (min(1, acc / ceiling); the ceiling
   is the best accuracy the generator's label noise allows), decision accuracy, domain
   compliance, and conflict-resolution accuracy.
-- trust_validation >= 0.80: of the examples whose trust score is under the requirement
-  that applies to them (their domain's requirement, or the general HITL trust threshold
-  when the domain has none, or the stricter of the two), the share the model escalates.
-  It is the trust rule checked on every example, where domain compliance checks only
-  the regulated domains.
+- trust_validation >= 0.80: does the model trust exactly whom the rule trusts? The
+  mean of `withheld` (of the examples whose trust is under their domain's requirement,
+  the share escalated) and `extended` (of the examples the noise-free rule lets through,
+  the share not escalated). Domain compliance is the first half alone; the second
+  catches a model that escalates everything.
 - professional_communication >= 0.90: the share of generated responses that are
   professional: they leak no governance internals (see `find_leaks`), they end (EOS
   before the token budget) with non-empty text, and when the heads escalate the text
@@ -200,18 +200,17 @@ def risk_coverage(p, label) -> dict:
 
 # ------------------------------------------------------------------ governance rules
 
-def trust_requirement(domains: Sequence[str], domain_trust: Mapping[str, float],
-                      default: float | None = None) -> np.ndarray:
-    """Per-example trust requirement: the domain's, else `default`, else NaN (none).
-    With both, the stricter (higher) one applies."""
-    out = np.full(len(domains), np.nan)
-    for i, d in enumerate(domains):
-        req = domain_trust.get(d)
-        if default is not None:
-            req = default if req is None else max(req, default)
-        if req is not None:
-            out[i] = req
-    return out
+def trust_requirement(domains: Sequence[str], domain_trust: Mapping[str, float]) -> np.ndarray:
+    """Per-example trust requirement of its domain; NaN where the domain has none."""
+    return np.asarray([domain_trust.get(d, np.nan) for d in domains], dtype=np.float64)
+
+
+def _under(trust, required) -> np.ndarray:
+    trust = np.asarray(trust, dtype=np.float64).ravel()
+    with np.errstate(invalid="ignore"):
+        # NaN (no requirement, no trust) compares False: excluded. The tolerance keeps
+        # two-decimal values equal to the requirement on the "meets it" side, as the rule does.
+        return trust < np.asarray(required, dtype=np.float64) - 1e-9
 
 
 def domain_compliance(escalated, trust, domains: Sequence[str],
@@ -221,24 +220,30 @@ def domain_compliance(escalated, trust, domains: Sequence[str],
     promethios_jax.data.schema.DOMAIN_TRUST."""
     if domain_trust is None:
         from promethios_jax.data.schema import DOMAIN_TRUST as domain_trust
-    return _escalated_under(escalated, trust, trust_requirement(domains, domain_trust))
+    escalated = np.asarray(escalated).astype(bool).ravel()
+    under = _under(trust, trust_requirement(domains, domain_trust))
+    n = int(under.sum())
+    return {"value": _ratio(int(escalated[under].sum()), n), "count": n}
 
 
 def trust_validation(escalated, trust, domains: Sequence[str], domain_trust: Mapping[str, float],
-                     trust_threshold: float) -> dict:
-    """Of the examples whose trust is under the requirement that applies to them (the
-    stricter of the domain's requirement and the general trust threshold), the share
-    the model escalates."""
-    return _escalated_under(escalated, trust, trust_requirement(domains, domain_trust, trust_threshold))
-
-
-def _escalated_under(escalated, trust, required) -> dict:
+                     rule_hitl) -> dict:
+    """Does the model trust exactly whom the rule trusts? The mean of two rates:
+    `withheld`: of the examples whose trust is under their domain's requirement, the
+    share escalated (the domain-compliance rate), and `extended`: of the examples the
+    rule (noise-free) lets through (`rule_hitl == 0`: trust meets the requirement and
+    nothing else escalates), the share the model does not escalate. When one side has
+    no examples, the other alone is the value. `rule_hitl` < 0 marks "unknown" rows.
+    """
     escalated = np.asarray(escalated).astype(bool).ravel()
-    trust = np.asarray(trust, dtype=np.float64).ravel()
-    with np.errstate(invalid="ignore"):
-        under = trust < required  # NaN requirement compares False: excluded
-    n = int(under.sum())
-    return {"value": _ratio(int(escalated[under].sum()), n), "count": n}
+    rule_hitl = np.asarray(rule_hitl).ravel()
+    under = _under(trust, trust_requirement(domains, domain_trust))
+    clear = (rule_hitl == 0) & ~under
+    withheld = _ratio(int(escalated[under].sum()), int(under.sum()))
+    extended = _ratio(int((~escalated[clear]).sum()), int(clear.sum()))
+    parts = [x for x in (withheld, extended) if x is not None]
+    return {"value": float(np.mean(parts)) if parts else None, "withheld": withheld, "extended": extended,
+            "count_under": int(under.sum()), "count_clear": int(clear.sum())}
 
 
 def conflict_resolution_accuracy(hitl_pred, hitl_label, conflict) -> float | None:

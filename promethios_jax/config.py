@@ -46,6 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
     m.head_dim = 0  # 0: d_model // n_heads
     m.d_ff = 384
     m.rope_theta = 10000.0
+    # RoPE frequency scaling as HF's `rope_scaling` (for Llama 3.x imports): "" | "linear" | "llama3".
+    m.rope_scaling_type = ""
+    m.rope_scaling_factor = 1.0
+    m.rope_low_freq_factor = 1.0
+    m.rope_high_freq_factor = 4.0
+    m.rope_original_max_len = 8192
     m.norm_eps = 1e-5
     m.tie_embeddings = False
     m.max_seq_len = 512
@@ -60,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.tool_layers = [3, 4]  # inclusive 1-based range the tool head pools
     m.telemetry_dim = 16
     m.telemetry_hidden = 0  # 0: d_model
+    m.head_hidden = 0  # hidden width of each governance head's MLP; 0: d_model
     m.n_decisions = 4
     m.n_tools = 6
     m.n_confidence = 4
@@ -76,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
     lw.bias = 0.5
     lw.tool = 0.5
     lw.uncertainty_weighting = False  # Kendall et al. learned task weights
+    # The model holds the learned log-variances only when asked; this reference keeps the
+    # model key equal to loss.uncertainty_weighting (set either one).
+    m.learned_loss_weights = lw.get_ref("uncertainty_weighting")
 
     c.data = d = ml_collections.ConfigDict()
     d.path = ""  # empty: generate into WORKDIR/data

@@ -10,8 +10,10 @@ Training FLOPs per token (forward 2 FLOPs per multiply-add, backward twice that)
   + 6 * n_layers * seq_len * n_heads * head_dim   attention scores and values, causal
 
 where, per layer, N_matmul counts q (d*H*hd), k and v (d*KV*hd each), o (H*hd*d) and
-the SwiGLU MLP (3*d*d_ff), plus the LM head (d*V) once: it is a matmul whether or not
-it shares the embedding table. The embedding lookup is a gather (no FLOPs).
+the SwiGLU MLP (3*d*d_ff); then once the LM head (d*V: a matmul whether or not it
+shares the embedding table) and the telemetry encoder, which runs at every token
+(T*W trunk + one W*d projection per distinct anchor layer, W = telemetry_hidden or d).
+The embedding lookup is a gather (no FLOPs).
 
 Attention: QK^T and AV each cost 2*seq_len*H*hd FLOPs per token forward, so
 12*seq_len*H*hd per token for training over the full square. With `causal=True` only
@@ -20,8 +22,8 @@ the lower triangle is needed and we halve it (the MaxText convention), giving th
 higher for the same run. Packed rows are counted as one causal sequence of `seq_len`,
 even though segment masking skips the cross-document blocks.
 
-Governance heads, the telemetry encoder, norms, RoPE and softmax are left out: on the
-8B shape they are far below 0.1% of the total.
+Left out: the governance heads (they read a few positions per row, not every token),
+norms, RoPE and softmax; together far below 0.1% of the total on the 8B shape.
 """
 from __future__ import annotations
 
@@ -44,7 +46,10 @@ def matmul_params(model_cfg) -> int:
     h, kv = model_cfg.n_heads, model_cfg.n_kv_heads
     attn = d * h * hd + 2 * d * kv * hd + h * hd * d
     mlp = 3 * d * model_cfg.d_ff
-    return model_cfg.n_layers * (attn + mlp) + d * model_cfg.vocab_size
+    width = model_cfg.get("telemetry_hidden", 0) or d
+    anchors = len(set(model_cfg.get("anchor_layers", ())))
+    telemetry = model_cfg.get("telemetry_dim", 0) * width + anchors * width * d if anchors else 0
+    return model_cfg.n_layers * (attn + mlp) + d * model_cfg.vocab_size + telemetry
 
 
 def attention_flops_per_token(model_cfg, seq_len: int, causal: bool = True) -> float:

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any, Mapping
 
+from promethios_jax import flops
+
 LOSS_PARTS = ("lm", "hitl", "decision", "confidence", "uncertainty", "bias", "tool")
 
 
@@ -117,17 +119,10 @@ class MetricsWriter:
         self.close()
 
 
-def train_scalars(loss, parts: Mapping[str, Any] | None = None, learning_rate=None,
-                  grad_norm=None, param_norm=None) -> dict[str, float]:
-    """The train/* tags from the step's values; `parts` keys are LOSS_PARTS names."""
-    out = {"train/loss": _to_float(loss)}
-    for name, value in (parts or {}).items():
-        out[f"train/loss_{name}"] = _to_float(value)
-    for tag, value in (("learning_rate", learning_rate), ("grad_norm", grad_norm),
-                       ("param_norm", param_norm)):
-        if value is not None:
-            out[f"train/{tag}"] = _to_float(value)
-    return out
+def train_scalars(step_metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The train step's metrics under train/: `loss`, `loss_<part>` (LOSS_PARTS),
+    `learning_rate`, `grad_norm`, `param_norm` become train/loss, train/loss_lm, ..."""
+    return {f"train/{k}": _to_float(v) for k, v in step_metrics.items()}
 
 
 def device_memory_stats(devices=None) -> dict[str, float]:
@@ -204,8 +199,6 @@ class ThroughputTracker:
         return self.hourly_cost_usd * (self._clock() - self._run_start) / 3600.0
 
     def update(self, step: int) -> dict[str, float]:
-        from promethios_jax.flops import mfu
-
         now = self._clock()
         steps = step - self._last_step
         wall = now - self._last_time
@@ -222,7 +215,7 @@ class ThroughputTracker:
                 "perf/tflops_per_device": tps_dev * self.flops_per_token / 1e12,
                 "perf/data_wait_s": self._data_wait / steps,
             })
-            util = mfu(tps_dev, self.flops_per_token, self.peak_tflops)
+            util = flops.mfu(tps_dev, self.flops_per_token, self.peak_tflops)
             if util is not None:
                 out["perf/mfu"] = util
             if self.total_steps:
@@ -231,10 +224,17 @@ class ThroughputTracker:
         return out
 
 
-def tracker_from_config(config, num_devices: int, device_kind: str, start_step: int = 0,
-                        clock=time.monotonic) -> ThroughputTracker:
-    """A tracker for the train loop: tokens per optimizer step = global batch x max_seq_len."""
-    from promethios_jax import flops
+def tracker_from_config(config, num_devices: int, device_kind: str | None = None,
+                        start_step: int = 0, clock=time.monotonic) -> ThroughputTracker:
+    """A tracker for the train loop: tokens per optimizer step = global batch x max_seq_len.
+
+    `device_kind` defaults to the first device's; it picks the peak for MFU unless
+    config.monitor.peak_tflops > 0.
+    """
+    if device_kind is None:
+        import jax
+
+        device_kind = jax.devices()[0].device_kind
 
     seq_len = config.model.max_seq_len
     return ThroughputTracker(

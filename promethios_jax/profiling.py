@@ -46,9 +46,9 @@ class Profiler:
             jax.profiler.start_trace(self.logdir)
             self.active = True
         elif self.active and step >= self.stop_step:
-            self.stop(wait_for)
+            self.close(wait_for)
 
-    def stop(self, wait_for=None) -> None:
+    def close(self, wait_for=None) -> None:
         """Ends the trace (also call it at the end of training, for runs that stop early)."""
         if not self.active:
             return

@@ -331,7 +331,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
     from promethios_jax import checkpoint as ckpt
     from promethios_jax import metrics as metrics_lib
-    from promethios_jax import sharding
+    from promethios_jax import profiling, sharding
     from promethios_jax.data import pipeline
 
     wd = check_workdir(workdir)
@@ -356,76 +356,65 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
     writer = metrics_lib.MetricsWriter(str(wd), enabled=primary)
     if step == 0:
-        writer.write_text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
-        writer.write_text("params", f"{n_params:,}")
+        writer.write_config(config, n_params)
 
     loader = pipeline.make_train_iterator(config, str(data_dir), jax.process_index(), jax.process_count(),
                                           start_batch=start_batch)
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     total_steps = config.train.steps if stop_after is None else min(config.train.steps, stop_after)
-    tokens_per_step = config.train.global_batch_size * config.model.max_seq_len
-    tracker = metrics_lib.ThroughputTracker(config, n_devices=jax.device_count(), tokens_per_step=tokens_per_step,
-                                            total_steps=config.train.steps, start_step=step)
-    progress = metrics_lib.ProgressLine(total=config.train.steps, enabled=primary)
-    profiler = metrics_lib.Profiler(str(wd), config.profile.start_step, config.profile.num_steps) \
-        if hasattr(metrics_lib, "Profiler") else None
+    tracker = metrics_lib.tracker_from_config(config, jax.device_count(), start_step=step)
+    progress = metrics_lib.ProgressLine(config.train.steps, enabled=primary)
+    profiler = profiling.Profiler.from_config(str(wd), config.profile, enabled=primary)
     last = {}
-    data_wait = ckpt_time = 0.0
 
-    def save(step_now: int, force: bool = False):
-        nonlocal ckpt_time
-        t0 = time.time()
+    def save(step_now: int):
         bad = int(jax.device_get(state["nonfinite_count"]))
         if bad and config.train.nan_policy == "stop":
             raise TrainError(f"non-finite loss at step {int(jax.device_get(state['first_nonfinite_step']))}; "
                              "not saving; the last good checkpoint is kept")
-        ckpt.save(manager, step_now, state, {"batches_consumed": loader.batches_consumed,
-                                             "global_batch_size": config.train.global_batch_size}, config, force=force)
-        ckpt_time += time.time() - t0
+        with tracker.checkpoint():
+            ckpt.save(manager, step_now, state, {"batches_consumed": loader.batches_consumed,
+                                                 "global_batch_size": config.train.global_batch_size},
+                      config, force=True)
 
     try:
         while step < total_steps:
-            if profiler is not None:
-                profiler.step(step)
-            t0 = time.time()
-            host_batch = next(loader)
-            batch = sharding.host_local_to_global(host_batch, mesh)
-            data_wait += time.time() - t0
-            state, m = jitted(state, batch)
+            profiler.step(step, wait_for=state)
+            with tracker.data_wait():
+                batch = sharding.host_local_to_global(next(loader), mesh)
+            with profiling.annotate(step):
+                state, m = jitted(state, batch)
             step += 1
             stopping = stop.signal is not None
             if jax.process_count() > 1 and (step % config.train.log_every == 0 or stopping):
                 stopping = bool(np.any(multihost_utils.process_allgather(np.array(stopping))))
             if step % config.train.log_every == 0 or step == total_steps or stopping:
-                m = jax.device_get(m)
-                m = {k: float(v) for k, v in m.items()}
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
                 if m.pop("finite") < 1 or not math.isfinite(m["loss"]):
                     if config.train.nan_policy == "stop":
                         raise TrainError(f"non-finite loss at step {step} (loss={m['loss']}); stopping. "
                                          "The last good checkpoint is kept; set config.train.nan_policy='skip' "
                                          "to skip such updates instead")
                 m["nonfinite_skipped"] = int(jax.device_get(state["nonfinite_count"]))
-                m.update(tracker.update(step))
-                m["data_wait_s"] = data_wait
-                m["checkpoint_s"] = ckpt_time
-                m.update(metrics_lib.device_memory_stats())
-                writer.write_scalars(step, m)
-                progress.update(step, m)
-                last = {"step": step, **m}
+                scalars = metrics_lib.train_scalars(m)
+                scalars.update(tracker.update(step))
+                scalars.update(metrics_lib.device_memory_stats())
+                writer.write_scalars(step, scalars)
+                progress.update(step, scalars)
+                last = {"step": step, **scalars}
             if step % config.checkpoint.every_steps == 0 or step == total_steps or stopping:
-                save(step, force=True)
+                save(step)
             if stopping:
                 break
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
+        profiler.close()
         manager.wait_until_finished()
         manager.close()
         progress.close()
         writer.close()
-        if profiler is not None and hasattr(profiler, "close"):
-            profiler.close()
     if step >= config.train.steps and primary:
         ckpt.mark_done(wd, step)
     if stop.signal is None:

@@ -113,14 +113,26 @@ def test_domain_compliance_empty_is_none():
     assert r == {"value": None, "count": 0}
 
 
-def test_trust_validation_uses_general_threshold_and_stricter_rule():
-    domains = ["general", "general", "healthcare", "finance"]
-    trust = [0.3, 0.5, 0.6, 0.75]
-    escalated = [1, 0, 0, 0]
-    # threshold 0.4: general 0.3 under (esc); general 0.5 not; healthcare 0.6 < .75 (not esc);
-    # finance 0.75 >= max(.7, .4): not under.
-    r = M.trust_validation(escalated, trust, domains, DT, trust_threshold=0.4)
-    assert r["count"] == 2 and r["value"] == pytest.approx(0.5)
+def test_trust_validation_both_sides():
+    domains = ["general", "general", "healthcare", "finance", "legal", "legal"]
+    trust = [0.3, 0.9, 0.6, 0.9, 0.95, 0.85]
+    rule = [1, 0, 1, 0, 1, 0]       # legal 0.95 escalates for another reason (not clear)
+    escalated = [1, 1, 0, 0, 1, 0]
+    # under: general 0.3 (esc), healthcare 0.6 (not) -> withheld 1/2
+    # clear: general 0.9 (esc: wrong), finance 0.9 (ok), legal 0.85 (ok) -> extended 2/3
+    r = M.trust_validation(escalated, trust, domains, DT | {"general": 0.6}, rule)
+    assert (r["count_under"], r["count_clear"]) == (2, 3)
+    assert r["withheld"] == pytest.approx(0.5) and r["extended"] == pytest.approx(2 / 3)
+    assert r["value"] == pytest.approx((0.5 + 2 / 3) / 2)
+    # escalating everything keeps withheld at 1 but loses extended
+    r = M.trust_validation([1] * 6, trust, domains, DT | {"general": 0.6}, rule)
+    assert r["value"] == pytest.approx(0.5)
+
+
+def test_domain_compliance_requirement_is_inclusive():
+    # trust equal to the requirement meets it, also through float noise of 2-decimal values
+    r = M.domain_compliance([0, 0], [0.7, 0.1 + 0.6], ["finance", "finance"], DT)
+    assert r["count"] == 0
 
 
 def test_conflict_resolution_accuracy():

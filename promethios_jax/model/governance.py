@@ -1,0 +1,110 @@
+"""The governance parts: telemetry conditioning at the anchor layers, and the heads.
+
+These sit beside the Llama backbone and never change it: with no telemetry the model's
+logits are the backbone's, and the heads only read hidden states.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from promethios_jax.model.layers import RMSNorm, param
+from promethios_jax.model.spec import ModelSpec
+
+
+class Dense(nnx.Module):
+    """x @ kernel + bias (the governance parts are small; biases help them)."""
+
+    def __init__(self, rngs, d_in, d_out, names, std, dtype=jnp.float32, stack: int = 0):
+        self.kernel = param(rngs, (d_in, d_out), names, std, dtype, stack=stack)
+        self.bias = param(None, (d_out,), names[1:], None, dtype, stack=stack)
+
+    def __call__(self, x):
+        return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+
+class TelemetryEncoder(nnx.Module):
+    """telemetry [B, L, T] → one d_model signal per anchor layer, added to the residual
+    stream entering that layer.
+
+    A shared MLP trunk (T → hidden, silu) feeds one projection per anchor, stacked along
+    a leading axis. The projections start small (std init_std / sqrt(hidden), so each
+    anchor adds about init_std/2 per unit: below the embedding scale) so that
+    conditioning cannot swamp the pretrained residual stream at the start of training.
+    """
+
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+        t, w, d = spec.telemetry_dim, spec.telemetry_width, spec.d_model
+        self.fc1 = Dense(rngs, t, w, ("telemetry", "mlp"), 1.0 / math.sqrt(t), spec.pdtype)
+        self.anchor_proj = Dense(rngs, w, d, ("mlp", "embed"), spec.init_std / math.sqrt(w), spec.pdtype,
+                                 stack=len(spec.anchors))
+
+    def __call__(self, telemetry, dtype):
+        """Returns [n_anchors, B, L, D] in `dtype`."""
+        hidden = jax.nn.silu(self.fc1(telemetry.astype(jnp.float32))).astype(dtype)
+        kernel = self.anchor_proj.kernel[...].astype(dtype)  # [A, W, D]
+        bias = self.anchor_proj.bias[...].astype(dtype)  # [A, D]
+        return jnp.einsum("blw,awd->abld", hidden, kernel) + bias[:, None, None, :]
+
+
+class Head(nnx.Module):
+    """A two-layer MLP classifier: D → hidden (silu) → classes, with an optional input norm
+    for heads that read pooled, un-normalized residual states."""
+
+    def __init__(self, spec: ModelSpec, n_out: int, *, rngs: nnx.Rngs, norm: bool = False):
+        d, w = spec.d_model, spec.head_width
+        self.norm = RMSNorm(d, spec.norm_eps, dtype=spec.pdtype) if norm else None
+        self.fc1 = Dense(rngs, d, w, ("embed", "mlp"), 1.0 / math.sqrt(d), spec.pdtype)
+        self.fc2 = Dense(rngs, w, n_out, ("mlp", "classes"), spec.init_std, spec.pdtype)
+
+    def __call__(self, x):
+        # Heads run in float32: they are tiny, and their probabilities are what gets calibrated.
+        x = x.astype(jnp.float32)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.fc2(jax.nn.silu(self.fc1(x)))
+
+
+class GovernanceHeads(nnx.Module):
+    """HITL, decision, confidence and bias read the final normed state at the head
+    positions; uncertainty and tool read the mean of their layer ranges' outputs there."""
+
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+        self.hitl = Head(spec, 1, rngs=rngs)
+        self.decision = Head(spec, spec.n_decisions, rngs=rngs)
+        self.confidence = Head(spec, spec.n_confidence, rngs=rngs)
+        self.bias = Head(spec, spec.n_bias, rngs=rngs)
+        self.uncertainty = Head(spec, spec.n_uncertainty, rngs=rngs, norm=True)
+        self.tool = Head(spec, spec.n_tools, rngs=rngs, norm=True)
+        self.uncertainty_layers = tuple(spec.uncertainty_layers)
+        self.tool_layers = tuple(spec.tool_layers)
+
+    def __call__(self, final, layer_reads):
+        """final [B, S, D] (normed); layer_reads [n_layers, B, S, D] (each layer's output)."""
+
+        def pool(lo_hi):
+            lo, hi = lo_hi  # 1-based inclusive → layer_reads[lo-1 : hi]
+            return jnp.mean(layer_reads[lo - 1:hi].astype(jnp.float32), axis=0)
+
+        return {
+            "hitl_logits": self.hitl(final)[..., 0],
+            "decision_logits": self.decision(final),
+            "confidence_logits": self.confidence(final),
+            "bias_logits": self.bias(final),
+            "uncertainty_logits": self.uncertainty(pool(self.uncertainty_layers)),
+            "tool_logits": self.tool(pool(self.tool_layers)),
+        }
+
+
+LOSS_PARTS = ("lm", "hitl", "decision", "confidence", "uncertainty", "bias", "tool")
+
+
+class LossLogVars(nnx.Module):
+    """Learned log-variances s_k (Kendall, Gal & Cipolla 2018), one scalar per loss part."""
+
+    def __init__(self):
+        for k in LOSS_PARTS:
+            setattr(self, k, nnx.Param(jnp.zeros((), jnp.float32), out_sharding=()))

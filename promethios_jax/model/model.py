@@ -1,0 +1,160 @@
+"""GovernanceTransformer: a Llama backbone with telemetry conditioning and governance heads.
+
+Parameter tree (nnx.split(model, nnx.Param)); segment k holds layers segments[k] stacked:
+  embed_tokens.embedding                              [V, D]          (vocab, embed)
+  layers_k.input_layernorm.scale                      [n, D]          (layers, embed)
+  layers_k.self_attn.{q,k,v}_proj.kernel              [n, D, H|KV, hd](layers, embed, heads|kv_heads, head_dim)
+  layers_k.self_attn.o_proj.kernel                    [n, H, hd, D]   (layers, heads, head_dim, embed)
+  layers_k.post_attention_layernorm.scale             [n, D]
+  layers_k.mlp.{gate,up}_proj.kernel                  [n, D, F]       (layers, embed, mlp)
+  layers_k.mlp.down_proj.kernel                       [n, F, D]       (layers, mlp, embed)
+  norm.scale                                          [D]
+  lm_head.kernel                                      [D, V]          (absent when tie_embeddings)
+  telemetry_encoder.fc1.{kernel,bias}                 [T, W], [W]
+  telemetry_encoder.anchor_proj.{kernel,bias}         [A, W, D], [A, D]
+  heads.{hitl,decision,confidence,bias,uncertainty,tool}.fc{1,2}.{kernel,bias}
+  heads.{uncertainty,tool}.norm.scale                 [D]
+  loss_log_vars.<part>                                []              (only with learned loss weights)
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from promethios_jax.model.backbone.transformer import Context, DecoderBlock, run_segment
+from promethios_jax.model.governance import GovernanceHeads, LossLogVars, TelemetryEncoder
+from promethios_jax.model.layers import Proj, RMSNorm, param, rope_tables
+from promethios_jax.model.spec import ModelSpec
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    logits: jax.Array  # [B, L, V] float32
+    hitl_logits: jax.Array  # [B, S]
+    decision_logits: jax.Array  # [B, S, n_decisions]
+    confidence_logits: jax.Array  # [B, S, n_confidence]
+    uncertainty_logits: jax.Array  # [B, S, n_uncertainty]
+    bias_logits: jax.Array  # [B, S, n_bias]
+    tool_logits: jax.Array  # [B, S, n_tools]
+
+
+class Embedding(nnx.Module):
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+        self.embedding = param(rngs, (spec.vocab_size, spec.d_model), ("vocab", "embed"), spec.init_std, spec.pdtype)
+
+    def __call__(self, tokens, dtype):
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+
+
+def positions_from_segments(segment_ids):
+    """Position of each token within its packed example (restarts where the segment id changes)."""
+    b, length = segment_ids.shape
+    idx = jnp.broadcast_to(jnp.arange(length), (b, length))
+    start = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    first = jax.lax.cummax(jnp.where(start, idx, 0), axis=1)
+    return (idx - first).astype(jnp.int32)
+
+
+class GovernanceTransformer(nnx.Module):
+    """`model(tokens, telemetry=None, segment_ids=None, positions=None, head_positions=None)`.
+
+    tokens [B, L] int; telemetry [B, L, T] or [B, T] float (None: the pure backbone);
+    segment_ids [B, L] (1..k per packed example, 0 = padding; None: one example per row);
+    positions [B, L] (None: derived from segment_ids, else 0..L-1); head_positions [B, S]
+    (None: the last position, S = 1). Returns a ModelOutput.
+    """
+
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+        spec = ModelSpec.from_config(model_cfg)
+        self.spec = spec
+        self.embed_tokens = Embedding(spec, rngs=rngs)
+        for k, (s, e) in enumerate(spec.segments):
+            setattr(self, f"layers_{k}", DecoderBlock(spec, rngs=rngs, stack=e - s))
+        self.norm = RMSNorm(spec.d_model, spec.norm_eps, dtype=spec.pdtype)
+        self.lm_head = None if spec.tie_embeddings else Proj(
+            param(rngs, (spec.d_model, spec.vocab_size), ("embed", "vocab"), spec.init_std, spec.pdtype))
+        self.telemetry_encoder = TelemetryEncoder(spec, rngs=rngs)
+        self.heads = GovernanceHeads(spec, rngs=rngs)
+        self.loss_log_vars = LossLogVars() if spec.learned_loss_weights else None
+
+    # ----- public entry points ----------------------------------------------------------
+    def __call__(self, tokens, telemetry=None, segment_ids=None, positions=None, head_positions=None) -> ModelOutput:
+        out, _ = self._forward(tokens, telemetry, segment_ids, positions, head_positions)
+        return out
+
+    def init_cache(self, batch: int, length: int, dtype=None) -> list:
+        """Zeroed KV cache: per segment {"k", "v"} [n, batch, length, KV, hd] in the compute dtype."""
+        spec = self.spec
+        dtype = dtype or spec.dtype
+        return [{name: jnp.zeros((e - s, batch, length, spec.n_kv_heads, spec.hd), dtype) for name in ("k", "v")}
+                for s, e in spec.segments]
+
+    def decode(self, tokens, cache, cache_index, *, kv_segment_ids=None, segment_ids=None, positions=None,
+               telemetry=None, head_positions=None):
+        """Runs tokens [B, l] as cache rows cache_index..cache_index+l-1 (the same rows for
+        every batch row: prompts are left-padded). Keys attend to cache rows <= their own
+        and, when segment ids are given, of the same segment (kv_segment_ids [B, Lc] covers
+        the whole cache). Returns (ModelOutput, new_cache)."""
+        if (segment_ids is None) != (kv_segment_ids is None):
+            raise ValueError("decode: give both segment_ids and kv_segment_ids, or neither")
+        return self._forward(tokens, telemetry, segment_ids, positions, head_positions, cache=cache,
+                             cache_index=cache_index, kv_segment_ids=kv_segment_ids)
+
+    # ----- the forward pass -------------------------------------------------------------
+    def _forward(self, tokens, telemetry, segment_ids, positions, head_positions, cache=None, cache_index=None,
+                 kv_segment_ids=None):
+        spec = self.spec
+        dtype = spec.dtype
+        b, length = tokens.shape
+        if segment_ids is not None:
+            segment_ids = jnp.asarray(segment_ids, jnp.int32)
+        if positions is None:
+            if cache is not None:
+                positions = jnp.broadcast_to(cache_index + jnp.arange(length), (b, length))
+            elif segment_ids is not None:
+                positions = positions_from_segments(segment_ids)
+            else:
+                positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+        cos, sin = rope_tables(positions, spec)
+        if cache is None:
+            ctx = Context(cos, sin, jnp.arange(length), jnp.arange(length), segment_ids, segment_ids,
+                          spec.attention_impl)
+        else:
+            cache_len = cache[0]["k"].shape[2]
+            ctx = Context(cos, sin, cache_index + jnp.arange(length), jnp.arange(cache_len), segment_ids,
+                          kv_segment_ids, spec.attention_impl, cache_index=cache_index)
+        if head_positions is None:
+            head_positions = jnp.full((b, 1), length - 1, jnp.int32)
+        head_positions = jnp.asarray(head_positions, jnp.int32)
+
+        h = self.embed_tokens(tokens, dtype)
+        signals = None
+        if telemetry is not None:
+            telemetry = jnp.asarray(telemetry)
+            if telemetry.ndim == 2:  # one vector per row
+                telemetry = jnp.broadcast_to(telemetry[:, None, :], (b, length, telemetry.shape[-1]))
+            signals = self.telemetry_encoder(telemetry, dtype)
+        anchor_of_start = {a - 1: i for i, a in enumerate(spec.anchors)}
+
+        reads, new_cache = [], []
+        for k, (s, _) in enumerate(spec.segments):
+            if signals is not None and s in anchor_of_start:
+                h = h + signals[anchor_of_start[s]]  # conditioning enters layer s+1 (1-based anchor)
+            h, r, c = run_segment(getattr(self, f"layers_{k}"), h, ctx, head_positions, spec,
+                                  cache=None if cache is None else cache[k],
+                                  remat=spec.remat_policy if cache is None else "none", scan=spec.scan_layers)
+            reads.append(r)
+            new_cache.append(c)
+
+        hn = self.norm(h)
+        if self.lm_head is None:
+            kernel = self.embed_tokens.embedding[...].astype(dtype).T
+        else:
+            kernel = self.lm_head.kernel[...].astype(dtype)
+        logits = jnp.einsum("bld,dv->blv", hn, kernel, preferred_element_type=jnp.float32)
+        rows = jnp.arange(b)[:, None]
+        heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0))
+        out = ModelOutput(logits=logits.astype(jnp.float32), **heads)
+        return out, (None if cache is None else new_cache)
