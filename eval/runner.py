@@ -78,8 +78,12 @@ def read_manifest(data_dir: Path) -> dict:
 
 # -------------------------------------------------------------------- the forward
 
+_FORWARD_CACHE: dict = {}
+
+
 def _forward_fn(model):
-    """A jitted forward over (params state, batch) that returns per-example columns."""
+    """A jitted forward over (params state, batch) that returns per-example columns.
+    Cached by the model's graph, so --watch compiles it once for all checkpoints."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -87,6 +91,8 @@ def _forward_fn(model):
     from promethios_jax.model.loss import lm_token_losses
 
     graphdef, state = nnx.split(model)
+    if graphdef in _FORWARD_CACHE:
+        return _FORWARD_CACHE[graphdef], state
 
     @jax.jit
     def fwd(state, batch):
@@ -107,6 +113,7 @@ def _forward_fn(model):
             "tokens": mask.sum(axis=-1),
         }
 
+    _FORWARD_CACHE[graphdef] = fwd
     return fwd, state
 
 

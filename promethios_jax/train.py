@@ -367,6 +367,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     progress = metrics_lib.ProgressLine(config.train.steps, enabled=primary)
     profiler = profiling.Profiler.from_config(str(wd), config.profile, enabled=primary)
     last = {}
+    first_step = step
 
     def save(step_now: int):
         bad = int(jax.device_get(state["nonfinite_count"]))
@@ -386,6 +387,10 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             with profiling.annotate(step):
                 state, m = jitted(state, batch)
             step += 1
+            if step == first_step + 1:
+                # Leave the compile out of the throughput figures.
+                jax.block_until_ready(m)
+                tracker.reset(step)
             stopping = stop.signal is not None
             if jax.process_count() > 1 and (step % config.train.log_every == 0 or stopping):
                 stopping = bool(np.any(multihost_utils.process_allgather(np.array(stopping))))
