@@ -34,16 +34,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+class _LazyWriter:
+    """Opens the TensorBoard writer at the first result, so that a run that scores nothing
+    (no checkpoint, bad step) creates no DIR/tb/eval."""
+
+    def __init__(self, workdir):
+        self.workdir, self._w = workdir, None
+
+    def write_scalars(self, step, scalars):
+        if self._w is None:
+            from promethios_jax.metrics import MetricsWriter
+
+            self._w = MetricsWriter(self.workdir, run="eval", jsonl_name=None)
+        self._w.write_scalars(step, scalars)
+
+    def flush(self):
+        if self._w is not None:
+            self._w.flush()
+
+    def close(self):
+        if self._w is not None:
+            self._w.close()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from eval import runner  # after argument parsing: --help needs no jax
 
     kw = dict(split=args.split, num_generate=args.num_generate, batch_size=args.batch_size)
-    writer = None
+    writer = _LazyWriter(args.workdir)
     try:
-        from promethios_jax.metrics import MetricsWriter
-
-        writer = MetricsWriter(args.workdir, run="eval", jsonl_name=None)
         if args.watch:
             results = runner.watch(args.workdir, poll_seconds=args.poll_seconds,
                                    max_wait_seconds=args.max_wait_seconds, writer=writer, **kw)
@@ -56,11 +76,14 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        if writer is not None:
-            writer.close()
-    failed = sorted({name for r in results for name, g in r["gates"].items() if not g["passed"]})
+        writer.close()
+    if not results:
+        return 0
+    # Under --watch early checkpoints are expected to fail; the newest one scored decides.
+    last = max(results, key=lambda r: r["step"])
+    failed = [name for name, g in last["gates"].items() if not g["passed"]]
     if failed:
-        print(f"quality gates failed: {', '.join(failed)}", flush=True)
+        print(f"quality gates failed at step {last['step']}: {', '.join(failed)}", flush=True)
         if args.fail_on_gates:
             return EXIT_GATES_FAILED
     return 0

@@ -30,13 +30,14 @@ def reliability_diagram(p, label, path: str, n_bins: int = M.ECE_BINS, title: st
     ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
     ax.bar(centers[full], bins["accuracy"][full], width=width * 0.95, color="#4C72B0",
            edgecolor="black", lw=0.5, label="accuracy")
-    ax.bar(centers[full], (bins["confidence"] - bins["accuracy"])[full],
-           bottom=bins["accuracy"][full], width=width * 0.95, color="#DD8452", alpha=0.5,
-           label="gap to confidence")
+    # Mean confidence as outlines: where the outline is above the bar, the model is over-confident.
+    ax.bar(centers[full], bins["confidence"][full], width=width * 0.95, fill=False,
+           edgecolor="#C44E52", lw=1.5, label="mean confidence")
     e = M.ece(p, label, n_bins)
     ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    # Top-label confidence of a binary head is >= 0.5: the bins below are always empty.
+    ax.set_xlim(0.5 - width, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_title(title or f"HITL reliability ({n_bins} bins), ECE = {e if e is None else round(e, 4)}")
     ax.legend(loc="upper left", fontsize=8)
     axc.bar(centers, count, width=width * 0.95, color="gray")

@@ -76,6 +76,45 @@ def read_manifest(data_dir: Path) -> dict:
                         "run was trained with (config.data.path, or WORKDIR/data)") from e
 
 
+def shape_mismatches(workdir, step: int) -> list[str]:
+    """Tensor by tensor, how the saved parameters differ from the model the checkpoint's
+    own config builds (read from Orbax metadata, nothing restored); [] when they fit or
+    the metadata cannot be read."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from promethios_jax.checkpoint import read_config
+    from promethios_jax.model import GovernanceTransformer
+
+    try:
+        config, _ = read_config(workdir, step)
+        md = ocp.StandardCheckpointer().metadata(Path(workdir).absolute() / "checkpoints" / str(step) / "state")
+        tree = getattr(md, "item_metadata", md)
+        saved = dict(_flat_shapes(getattr(tree, "tree", tree)["params"]))
+    except Exception:  # noqa: BLE001 -- only a diagnosis; the original error is raised anyway
+        return []
+    abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
+    want = dict(_flat_shapes(nnx.split(abstract, nnx.Param)[1].to_pure_dict()))
+    out = []
+    for path in sorted(set(saved) | set(want)):
+        if path not in saved:
+            out.append(f"{path}: missing from the checkpoint (the config expects {want[path]})")
+        elif path not in want:
+            out.append(f"{path}: in the checkpoint {saved[path]}, but not in the model the config builds")
+        elif saved[path] != want[path]:
+            out.append(f"{path}: checkpoint has shape {saved[path]}, the config expects {want[path]}")
+    return out
+
+
+def _flat_shapes(tree):
+    import jax
+
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        yield name, tuple(getattr(leaf, "shape", ()))
+
+
 # -------------------------------------------------------------------- the forward
 
 _FORWARD_CACHE: dict = {}
@@ -287,7 +326,7 @@ def metrics_from_rows(rows: list[dict], hitl_ceiling=None, hitl_majority_baselin
     res["leak_rate"] = lr["value"]
     res["num_generated"] = len(gens)
     pc = M.professional_communication([g["response"] for g in gens], [g["escalated"] for g in gens],
-                                      [g["finished"] for g in gens], [g["prompt"] for g in gens])
+                                      [g["prompt"] for g in gens], finished=[g["finished"] for g in gens])
     res["professional_communication_parts"] = {k: v for k, v in pc.items() if k not in ("value", "ok")}
 
     gov = M.governance_score(res["hitl_accuracy"], hitl_ceiling, res["decision_accuracy"],
@@ -333,7 +372,9 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
                 "id": ex_id,
                 "domain": rec["domain"],
                 "category": rec.get("category"),
-                "prompt": tokenizer.decode(list(p_ids)),
+                # The prompt as written (raw values such as trust 0.72); the model saw the
+                # values only as bucketed control tokens, so these are what a leak would show.
+                "prompt": rec["prompt"],
                 "telemetry": rec.get("telemetry"),
                 "response": r.text,
                 "finished": r.stop_reason == "eos",
@@ -345,13 +386,21 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
 
 # ------------------------------------------------------------------ one step
 
-def manifest_value(manifest: dict, key: str, split: str):
-    """A figure of the data manifest, for the split when it has one per split."""
-    for scope in (manifest.get(split), manifest.get("splits", {}).get(split), manifest):
-        if isinstance(scope, dict) and key in scope:
-            v = scope[key]
-            return float(v) if isinstance(v, (int, float)) else v
-    return None
+def manifest_figures(manifest: dict, split: str) -> tuple:
+    """(hitl_ceiling, hitl_majority_baseline) of `split` from the data manifest.
+
+    The generator states both for its `ceiling_split` (heldout) and the ceiling of the
+    train split as `hitl_ceiling_train`; the majority baseline of any split follows from
+    its HITL label rate. None where the manifest does not say.
+    """
+    own = split == manifest.get("ceiling_split", "heldout")
+    ceiling = manifest.get("hitl_ceiling") if own else manifest.get(f"hitl_ceiling_{split}")
+    rate = manifest.get("label_rates", {}).get(split, {}).get("hitl")
+    if rate is not None:
+        majority = max(float(rate), 1.0 - float(rate))
+    else:
+        majority = manifest.get("hitl_majority_baseline") if own else None
+    return (None if ceiling is None else float(ceiling)), (None if majority is None else float(majority))
 
 
 def _scalars(result: dict) -> dict:
@@ -383,6 +432,14 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)  # readers (and --watch) never see a half-written result
 
 
+def pick_samples(gens: list[dict], n: int) -> list[dict]:
+    """Up to n generations for the report, half escalated and half answered when possible."""
+    esc = [g for g in gens if g["escalated"]]
+    ans = [g for g in gens if not g["escalated"]]
+    k = min(len(esc), max(n // 2, n - len(ans)))
+    return esc[:k] + ans[:n - k]
+
+
 def generations_from_rows(rows: list[dict]) -> list[dict]:
     return [{"id": r["id"], **r["generation"]} for r in rows if r.get("generation")]
 
@@ -390,12 +447,6 @@ def generations_from_rows(rows: list[dict]) -> list[dict]:
 def evaluate(workdir, step: int | None = None, split: str = "heldout", num_generate: int | None = None,
              batch_size: int | None = None, writer=None, log=print) -> dict:
     """Scores one checkpoint (the newest when step is None) and writes its results."""
-    import promethios_jax
-    from promethios_jax.checkpoint import CheckpointError
-    from promethios_jax.data import pipeline
-
-    from eval import report
-
     workdir = Path(workdir)
     steps = checkpoint_steps(workdir)
     if not steps:
@@ -405,24 +456,39 @@ def evaluate(workdir, step: int | None = None, split: str = "heldout", num_gener
         step = steps[-1]  # named explicitly, so a checkpoint landing meanwhile cannot swap in
     elif step not in steps:
         raise EvalError(f"no checkpoint for step {step} in {workdir / 'checkpoints'}; available steps: {steps}")
+    import promethios_jax  # jax and orbax only once there is something to load
+    from promethios_jax.checkpoint import CheckpointError
+    from promethios_jax.data import pipeline
+
+    from eval import report
+
     t0 = time.time()
     try:
         model, config = promethios_jax.load(str(workdir), step=step)
     except CheckpointError as e:
         raise EvalError(str(e)) from e
+    except Exception as e:  # noqa: BLE001 -- a failed restore: say which tensors do not fit, if any
+        problems = shape_mismatches(workdir, step)
+        if problems:
+            raise EvalError(f"checkpoint step {step} does not fit its config ({len(problems)} tensors):\n  "
+                            + "\n  ".join(problems)) from e
+        raise
     t_load = time.time() - t0
     threshold = float(config.eval.hitl_escalation_threshold)
     data_dir = data_dir_for(config, workdir)
     manifest = read_manifest(data_dir)
     try:
         records = {str(r["id"]): r for r in pipeline.load_split(str(data_dir), split)}
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (pipeline.DataError, OSError, KeyError, ValueError) as e:
         raise EvalError(f"cannot read split {split!r} from {data_dir}: {e}") from e
     if not records:
         raise EvalError(f"split {split!r} in {data_dir} has no examples")
 
     t0 = time.time()
-    preds = predict(model, config, data_dir, split, int(batch_size or config.eval.batch_size))
+    try:
+        preds = predict(model, config, data_dir, split, int(batch_size or config.eval.batch_size))
+    except pipeline.DataError as e:
+        raise EvalError(f"split {split!r} in {data_dir}: {e}") from e
     missing = set(records) - set(preds)
     if missing:
         raise EvalError(f"the pipeline gave no batch row for {len(missing)} of the {len(records)} {split} examples")
@@ -439,10 +505,15 @@ def evaluate(workdir, step: int | None = None, split: str = "heldout", num_gener
             r["generation"] = {k: g[k] for k in ("prompt", "response", "finished", "hitl_prob", "escalated")}
     t_generate = time.time() - t0
 
-    ceiling = manifest_value(manifest, "hitl_ceiling", split)
-    majority = manifest_value(manifest, "hitl_majority_baseline", split)
+    ceiling, majority = manifest_figures(manifest, split)
+    from promethios_jax.data import schema
+
     result = {"step": step, "split": split, "workdir": str(workdir.absolute()), "data_dir": str(data_dir),
-              "hitl_escalation_threshold": threshold}
+              "hitl_escalation_threshold": threshold,
+              # Class indices in the predictions file name these labels, in this order.
+              "label_spaces": {"decision": list(schema.DECISIONS), "confidence": list(schema.CONFIDENCE_BANDS),
+                               "tool": list(schema.TOOLS), "conflict": list(schema.CONFLICTS),
+                               "uncertainty": list(schema.UNCERTAINTY_DIMS), "bias": list(schema.BIAS_CATEGORIES)}}
     result.update(metrics_from_rows(rows, ceiling, majority, generations_from_rows(rows)))
     result["timing_s"] = {"load": round(t_load, 2), "forward": round(t_forward, 2),
                           "generate": round(t_generate, 2)}
@@ -452,7 +523,7 @@ def evaluate(workdir, step: int | None = None, split: str = "heldout", num_gener
     _write_jsonl(out_dir / f"{step}.predictions.jsonl", rows)
     samples = []
     by_id = {r["id"]: r for r in rows}
-    for g in generations_from_rows(rows)[:8]:
+    for g in pick_samples(generations_from_rows(rows), 8):
         r = by_id[g["id"]]
         samples.append({**g, "domain": r["domain"], "category": r["category"], "hitl_label": r["hitl_label"],
                         "leaks": M.find_leaks(g["response"], M.telemetry_literals(g["prompt"]))})
@@ -488,8 +559,9 @@ def watch(workdir, poll_seconds: float = 10.0, max_wait_seconds: float | None = 
     """Scores each new checkpoint once while training runs; returns the results.
 
     A step whose DIR/eval/<step>.json exists counts as scored (a restarted watcher does not
-    redo it). Stops once DIR/TRAINING_DONE exists and every checkpoint present then has
-    been scored; waits (does not fail) while there is no checkpoint yet. A checkpoint
+    redo it). Stops once DIR/TRAINING_DONE names a step at or past the newest checkpoint
+    and every checkpoint present then has been scored; waits (does not fail) while there
+    is no checkpoint yet. A checkpoint
     that the trainer deletes (max_to_keep) before it is scored is skipped with a note.
     `max_wait_seconds` bounds the time spent waiting without anything to score.
     """
@@ -508,7 +580,8 @@ def watch(workdir, poll_seconds: float = 10.0, max_wait_seconds: float | None = 
                     raise
                 log(f"checkpoint {s} was removed before it could be scored; skipping it")
             idle_since = time.time()
-        if final is not None:
+        # A marker older than the newest checkpoint is left from an earlier, since extended run.
+        if final is not None and final >= max(checkpoint_steps(workdir), default=0):
             log(f"training finished at step {final}; scored {len(results)} checkpoint(s)")
             return results
         if not todo:

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from promethios_jax import config as config_lib
@@ -431,6 +432,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Orbax logs every save at INFO through absl; the progress line is the user's view.
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         init_distributed()
         import jax

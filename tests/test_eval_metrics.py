@@ -156,44 +156,85 @@ def test_perplexity():
     assert M.perplexity(1.0, 0) is None
 
 
-def test_telemetry_literals_and_leaks():
-    prompt = "<gov trust=0.72 emotion=ANXIOUS domain=healthcare conf:0.8 turns=3> Please help me."
-    lits = M.telemetry_literals(prompt)
-    assert lits["numbers"] == ["0.72", "0.8", "3"]
-    assert "emotion=ANXIOUS" in lits["codes"] and "emotion:ANXIOUS" in lits["codes"]
-    assert M.find_leaks("I will look into it.", lits) == []
-    assert M.find_leaks("Your trust is 0.72 right now.", lits) == ["0.72"]
-    assert M.find_leaks("<GOV trust> hmm", lits) == ["<gov"]
-    assert M.find_leaks("status emotion=anxious", lits) == ["emotion=ANXIOUS"]
-    # a number inside a longer one is not the prompt's value; one-digit ints do not count
-    assert M.find_leaks("Version 10.725 ships in 3 days, 0.80 is different.", lits) == []
-    assert M.find_leaks("That is 0.8.", lits) == ["0.8"]
-    # the word alone is plain language, not the tag form
-    assert M.find_leaks("I understand you feel anxious.", lits) == []
+PROMPT = ("<gov:domain=healthcare><gov:trust=0.72><gov:emotion=ANXIOUS><gov:intensity=0.80>"
+          "<gov:verify=1.00><gov:attest=0.05><gov:bound=0.50><gov:decision=DENIED><gov:model=SPLIT>\n"
+          "Hi, please update the 2 care plans by Friday.")
+
+
+def test_telemetry_literals_of_the_generators_prompt():
+    lits = M.telemetry_literals(PROMPT)
+    assert lits["numbers"] == ["0.05", "0.5", "0.50", "0.72", "0.8", "0.80", "1", "1.00"]
+    assert {"domain=healthcare", "emotion=ANXIOUS", "emotion:ANXIOUS", "decision=DENIED", "model=SPLIT"} <= set(
+        lits["codes"])
+    assert lits["words"] == ["ANXIOUS", "DENIED", "SPLIT"]
+    # the request text after the tags is not telemetry
+    assert "2" not in lits["numbers"]
+
+
+def test_find_leaks_cases():
+    lits = M.telemetry_literals(PROMPT)
+    assert M.find_leaks("I'm bringing in the care team lead to review the 2 plans.", lits) == []
+    assert M.find_leaks("Your trust score is 0.72, below the bar.", lits) == ["0.72"]
+    assert M.find_leaks("Intensity 0.8 noted.", lits) == ["0.8"]           # reformatted value
+    assert M.find_leaks("Intensity was 0.80.", lits) == ["0.80"]           # as printed
+    assert M.find_leaks("<GOV:trust> hmm", lits) == ["<gov"]
+    assert M.find_leaks("the <gov:trust=0.70> tag", lits) == ["<gov"]      # a decoded control token
+    assert M.find_leaks("status: emotion=anxious", lits) == ["emotion=ANXIOUS"]
+    assert M.find_leaks("The state is DENIED.", lits) == ["DENIED"]
+    assert M.find_leaks("The request was denied; the team is split on it.", lits) == []  # plain words
+    assert M.find_leaks("I understand you feel anxious about healthcare forms.", lits) == []
+    # a value inside a longer number is not that value; a one-digit integer never counts
+    assert M.find_leaks("Release 10.725 and 0.725 ship in 1 week, 30.5 hours.", lits) == []
+    # other examples' values do not count: the literals are per prompt
+    assert M.find_leaks("a ratio of 0.33", lits) == []
 
 
 def test_leak_rate():
-    prompts = ["<gov trust=0.42> a", "<gov trust=0.9> b", "<gov trust=0.5> c"]
-    responses = ["fine", "value 0.9 shown", "<gov trust=0.5>"]
+    prompts = ["<gov:trust=0.42> a", "<gov:trust=0.90> b", "<gov:trust=0.50> c"]
+    responses = ["fine", "value 0.9 shown", "<gov:trust=0.50>"]
     r = M.leak_rate(responses, prompts)
     assert r["value"] == pytest.approx(2 / 3)
     assert r["leaks"][0] == [] and r["leaks"][1] == ["0.9"]
+    assert M.leak_rate([], [])["value"] is None
 
 
 def test_professional_communication():
-    prompts = ["<gov trust=0.3>"] * 4
+    prompts = ["<gov:trust=0.30>"] * 5
     responses = [
-        "I am handing this over to a human specialist.",  # escalated, hands over: ok
-        "Here is the answer.",                            # escalated, no handover: not ok
-        "Here is the answer.",                            # not escalated, finished: ok
-        "Trust 0.3 is low, a human will review.",          # leaks: not ok
+        "I'm handing the review over to our counsel.",     # escalated, hands over: ok
+        "Here is the answer.",                             # escalated, no handover: not ok
+        "Here is the answer.",                             # not escalated, answers: ok
+        "I'm bringing in a team lead; trust 0.3 is low.",  # hands over but leaks: not ok
+        "I've reached out to the clinician about it.",     # not escalated yet hands over: not ok
     ]
-    r = M.professional_communication(responses, [True, True, False, True], [True, True, True, True], prompts)
-    assert r["ok"] == [True, False, True, False]
-    assert r["value"] == pytest.approx(0.5)
+    r = M.professional_communication(responses, [True, True, False, True, False], prompts,
+                                     finished=[True, True, False, True, True])
+    assert r["ok"] == [True, False, True, False, False]
+    assert r["value"] == pytest.approx(2 / 5)
     assert r["escalations_handing_over"] == pytest.approx(2 / 3)
-    r = M.professional_communication(["cut off mid"], [False], [False], ["<gov x=1>"])
-    assert r["value"] == 0.0 and r["finished"] == 0.0
+    assert r["answers_not_handing_over"] == pytest.approx(1 / 2)
+    assert r["leak_free"] == pytest.approx(4 / 5) and r["finished"] == pytest.approx(4 / 5)
+    assert M.professional_communication(["   "], [False], ["x"])["value"] == 0.0
+
+
+def _fill(text):
+    from string import Template
+
+    return Template(text).safe_substitute(
+        subject="vendor payments", human="our counsel", task="the rollout plan", system="the ledger service",
+        team="risk", recipient="the CFO", agent="research", agent2="billing", deadline="Friday", weekday="Monday",
+        alternative="prepare a short summary you can take to our counsel")
+
+
+def test_hands_over_matches_the_generators_wording():
+    # The detector must read the generator's hand-overs as hand-overs and nothing else as one.
+    from promethios_jax.data import templates as T
+
+    for t in T.ESCALATE_TEMPLATES + T.SUPPORT_TEMPLATES:
+        assert M.hands_over(_fill(t)), t
+    answers = [s[2] for sc in T.SCENARIOS.values() for s in sc] + list(T.SAFEGUARD_NOTES) + list(T.DECLINE_TEMPLATES)
+    for t in answers:
+        assert not M.hands_over(_fill(t)), t
 
 
 def test_governance_score_and_gates():

@@ -36,7 +36,7 @@ import numpy as np
 from promethios_jax.data import schema, templates
 
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
-WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for the pipeline
+WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk, no codec: fastest random reads
 SPLITS = ("train", "heldout")
 
 
@@ -152,8 +152,8 @@ def _text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray)
         tail = (s.pick(templates.SAFEGUARD_NOTES) if outcome == "safeguards"
                 else s.pick(templates.PROCEED_CLOSERS))
         opener = s.pick(templates.PROCEED_OPENERS)
-        resp = "\n\n".join(p for p in ((opener + " " + answer).strip(), tail) if p) if "\n" in answer \
-            else " ".join(p for p in (opener, answer, tail) if p)
+        sep = "\n\n" if "\n" in answer else " "  # code stands on its own lines
+        resp = sep.join(p for p in (opener, answer, tail) if p)
     return req_text, _fill(resp, slots), tool, framing
 
 
@@ -350,6 +350,8 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
             "precedence": ["distress", "trust_gate", "evidence_gate", "decline_if_denied", "high_or_medium"],
         },
     }
+    for stale in out.glob("lengths-*.npy"):  # the pipeline's token-length caches of older data
+        stale.unlink()
     for split in SPLITS:
         counts, rates = _summaries(splits[split])
         manifest["counts"]["by_split"][split] = counts

@@ -12,10 +12,21 @@ least that, the spare embedding rows are never produced):
 The numeric buckets are aligned with the rule's thresholds (domain requirements,
 0.5, 0.7), so the tokens alone hold enough to apply the trust and distress gates.
 Decoding a numeric control token gives its bucket's lower edge.
+
+`config.data.tokenizer` may instead name a SentencePiece model file, trained on the
+generated corpus for a larger vocabulary:
+
+    python -m promethios_jax.data.tokenizer --data_dir=DIR --vocab_size=4000 --out=DIR/spm
+
+Its model holds the same special and control tokens as single pieces (tags are
+bucketed before SentencePiece sees the text) and falls back to bytes, so every text
+encodes. It needs the optional `sentencepiece` package.
 """
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +40,7 @@ GOV_OFFSET = BYTE_OFFSET + 256
 N_BUCKETS = 20
 
 _TAG_RE = re.compile(r"<gov:([a-z_]+)=([^<>\s]*)>|<(pad|bos|eos|assess)>")
+_TAG_RE_BYTES = re.compile(_TAG_RE.pattern.encode())
 
 
 class TokenizerError(ValueError):
@@ -40,6 +52,29 @@ def _bucket(value: str) -> int:
     return min(max(int(round(float(value) * 100)) // 5, 0), N_BUCKETS - 1)
 
 
+def control_pieces() -> list[str]:
+    """Every governance control piece, in id order: `<gov:domain=D>`, then per telemetry key."""
+    pieces = [f"<gov:domain={d}>" for d in schema.DOMAINS]
+    for key in schema.TELEMETRY_KEYS:
+        if key in schema.NUMERIC_KEYS:
+            pieces += [f"<gov:{key}={b * 5 / 100:.2f}>" for b in range(N_BUCKETS)]
+        else:
+            pieces += [f"<gov:{key}={v}>" for v in schema.CATEGORICAL_VALUES[key]]
+    return pieces
+
+
+def canonical_tag(key: str, value: str) -> str:
+    """The control piece of a `<gov:key=value>` tag (numeric values bucketed)."""
+    if key in schema.NUMERIC_KEYS:
+        try:
+            value = f"{_bucket(value) * 5 / 100:.2f}"
+        except ValueError:
+            raise TokenizerError(f"<gov:{key}={value}>: {key} needs a number in [0, 1]") from None
+    elif key != "domain" and key not in schema.CATEGORICAL_VALUES:
+        raise TokenizerError(f"unknown governance tag <gov:{key}={value}>")
+    return f"<gov:{key}={value}>"
+
+
 class ByteTokenizer:
     """UTF-8 bytes plus special and governance control tokens; downloads nothing."""
 
@@ -48,52 +83,40 @@ class ByteTokenizer:
     def __init__(self):
         self.pad_id, self.bos_id, self.eos_id, self.assess_id = PAD_ID, BOS_ID, EOS_ID, ASSESS_ID
         self._special = {t[1:-1]: i for i, t in enumerate(SPECIAL_TOKENS[:4])}
-        self._gov: dict[tuple[str, str], int] = {}  # (key, canonical value) -> id
         self._id_to_piece: dict[int, str] = {i: t for i, t in enumerate(SPECIAL_TOKENS)}
-        nid = GOV_OFFSET
-        vocab = [("domain", schema.DOMAINS)]
-        for key in schema.TELEMETRY_KEYS:
-            if key in schema.NUMERIC_KEYS:
-                vocab.append((key, tuple(f"{b * 5 / 100:.2f}" for b in range(N_BUCKETS))))
-            else:
-                vocab.append((key, schema.CATEGORICAL_VALUES[key]))
-        for key, values in vocab:
-            for v in values:
-                self._gov[(key, v)] = nid
-                self._id_to_piece[nid] = f"<gov:{key}={v}>"
-                nid += 1
-        self.vocab_size = nid
+        self._gov = {piece: GOV_OFFSET + i for i, piece in enumerate(control_pieces())}
+        self._id_to_piece.update((i, piece) for piece, i in self._gov.items())
+        self.vocab_size = GOV_OFFSET + len(self._gov)
+        self.fingerprint = f"byte-{self.vocab_size}"
         self._tag_cache: dict[str, int] = {}
 
     def tag_id(self, key: str, value: str) -> int:
         """Id of the control token for a `<gov:key=value>` tag."""
-        if key in schema.NUMERIC_KEYS:
-            try:
-                value = f"{_bucket(value) * 5 / 100:.2f}"
-            except ValueError:
-                raise TokenizerError(f"<gov:{key}={value}>: {key} needs a number in [0, 1]") from None
-        tid = self._gov.get((key, value))
+        tid = self._gov.get(canonical_tag(key, value))
         if tid is None:
             raise TokenizerError(f"unknown governance tag <gov:{key}={value}>")
         return tid
 
     def encode_array(self, text: str) -> np.ndarray:
         """int32 ids of `text`; tags and <bos>/<eos>/<assess>/<pad> become their single ids."""
-        pieces, pos = [], 0
-        for m in _TAG_RE.finditer(text):
-            if m.start() > pos:
-                pieces.append(np.frombuffer(text[pos:m.start()].encode("utf-8"), np.uint8).astype(np.int32)
-                              + BYTE_OFFSET)
+        raw = text.encode("utf-8")
+        ids = np.frombuffer(raw, np.uint8).astype(np.int32)
+        ids += BYTE_OFFSET
+        keep = None
+        for m in _TAG_RE_BYTES.finditer(raw):  # one pass over the bytes; a tag collapses to its id
             tag = m.group(0)
             tid = self._tag_cache.get(tag)
             if tid is None:
-                tid = self._special[m.group(3)] if m.group(3) else self.tag_id(m.group(1), m.group(2))
+                if m.group(3):
+                    tid = self._special[m.group(3).decode()]
+                else:
+                    tid = self.tag_id(m.group(1).decode(), m.group(2).decode("utf-8", "replace"))
                 self._tag_cache[tag] = tid
-            pieces.append(np.array([tid], np.int32))
-            pos = m.end()
-        if pos < len(text):
-            pieces.append(np.frombuffer(text[pos:].encode("utf-8"), np.uint8).astype(np.int32) + BYTE_OFFSET)
-        return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+            if keep is None:
+                keep = np.ones(len(ids), bool)
+            ids[m.start()] = tid
+            keep[m.start() + 1:m.end()] = False
+        return ids if keep is None else ids[keep]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -118,14 +141,114 @@ class ByteTokenizer:
         return np.asarray(ids) >= GOV_OFFSET
 
 
-def build_tokenizer(config) -> ByteTokenizer:
-    """The tokenizer named by `config.data.tokenizer`, checked against `config.model.vocab_size`."""
+class SentencePieceTokenizer:
+    """A SentencePiece model trained by `train_sentencepiece` (same special and control pieces)."""
+
+    name = "sentencepiece"
+
+    def __init__(self, model_file: str):
+        try:
+            import sentencepiece as spm
+        except ImportError:
+            raise TokenizerError(f"config.data.tokenizer={model_file!r} needs the optional "
+                                 "'sentencepiece' package (pip install sentencepiece)") from None
+        path = Path(model_file)
+        if not path.is_file():
+            raise TokenizerError(f"config.data.tokenizer={model_file!r}: no such SentencePiece model file")
+        blob = path.read_bytes()
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=blob)
+        except Exception as e:
+            raise TokenizerError(f"config.data.tokenizer={model_file!r}: not a SentencePiece model: {e}") from None
+        sp = self._sp
+        self.pad_id, self.bos_id, self.eos_id = sp.pad_id(), sp.bos_id(), sp.eos_id()
+        self.assess_id = sp.piece_to_id("<assess>")
+        self._special = {"pad": self.pad_id, "bos": self.bos_id, "eos": self.eos_id, "assess": self.assess_id}
+        self._gov = {p: sp.piece_to_id(p) for p in control_pieces()}
+        missing = [p for p, i in self._gov.items() if i == sp.unk_id()]
+        if min(self.pad_id, self.bos_id, self.eos_id) < 0 or self.assess_id == sp.unk_id() or missing:
+            raise TokenizerError(f"config.data.tokenizer={model_file!r} lacks the special or governance pieces "
+                                 f"(e.g. {missing[:2]}); train it with python -m promethios_jax.data.tokenizer")
+        self._control = np.zeros(sp.get_piece_size(), bool)
+        self._control[list(self._gov.values())] = True
+        self._id_to_piece = {i: p for p, i in self._gov.items()}
+        self._id_to_piece.update({i: f"<{k}>" for k, i in self._special.items()})
+        self.vocab_size = sp.get_piece_size()
+        self.fingerprint = "spm-" + hashlib.sha1(blob).hexdigest()[:16]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        ids, pos = [], 0
+        for m in _TAG_RE.finditer(text):
+            if m.start() > pos:
+                ids += self._sp.encode(text[pos:m.start()])
+            tid = self._special[m.group(3)] if m.group(3) else \
+                self._gov.get(canonical_tag(m.group(1), m.group(2)))
+            if tid is None:
+                raise TokenizerError(f"unknown governance tag {m.group(0)}")
+            ids.append(tid)
+            pos = m.end()
+        if pos < len(text):
+            ids += self._sp.encode(text[pos:])
+        return np.asarray(ids, np.int32)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids) -> str:
+        out, run = [], []
+        for i in (int(x) for x in ids):
+            piece = self._id_to_piece.get(i)
+            if piece is None:
+                if 0 <= i < self.vocab_size:
+                    run.append(i)
+                else:
+                    out.append(self._sp.decode(run) + "?")
+                    run = []
+                continue
+            out.append(self._sp.decode(run))
+            run = []
+            out.append(piece)
+        out.append(self._sp.decode(run))
+        return "".join(out)
+
+    def is_control(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        return self._control[np.clip(ids, 0, len(self._control) - 1)] & (ids >= 0) & (ids < len(self._control))
+
+
+def train_sentencepiece(data_dir, out_prefix, vocab_size: int = 4000, split: str = "train") -> str:
+    """Trains a SentencePiece model on a split's prompts and responses; returns the model path.
+
+    Control and special pieces are user-defined symbols (always one piece); text is
+    kept verbatim (identity normalization, whitespace kept) with byte fallback.
+    """
+    import sentencepiece as spm
+
+    from promethios_jax.data.pipeline import load_split
+
+    records = load_split(data_dir, split)
+    lines = []
+    for r in records:
+        for text in (r["prompt"], r["response"]):
+            text = _TAG_RE.sub(lambda m: m.group(0) if m.group(3) else canonical_tag(m.group(1), m.group(2)), text)
+            lines += [line for line in text.split("\n") if line]
+    out_prefix = str(out_prefix)
+    Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=out_prefix, vocab_size=int(vocab_size),
+        model_type="bpe", character_coverage=1.0, byte_fallback=True, split_digits=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True, hard_vocab_limit=False,
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="<pad>", bos_piece="<bos>", eos_piece="<eos>",
+        user_defined_symbols=["<assess>"] + control_pieces(), num_threads=2, minloglevel=2)
+    return out_prefix + ".model"
+
+
+def build_tokenizer(config):
+    """The tokenizer named by `config.data.tokenizer` ("byte" or a SentencePiece model file),
+    checked against `config.model.vocab_size`."""
     kind = config.data.tokenizer
-    if kind != "byte":
-        raise TokenizerError(
-            f"config.data.tokenizer={kind!r}: only the byte-level tokenizer ('byte') is available; "
-            "SentencePiece models are not supported in this build")
-    tok = ByteTokenizer()
+    tok = ByteTokenizer() if kind == "byte" else SentencePieceTokenizer(kind)
     if tok.vocab_size > config.model.vocab_size:
         raise TokenizerError(
             f"config.model.vocab_size={config.model.vocab_size} is smaller than the {tok.vocab_size} ids "
@@ -149,3 +272,24 @@ def encode_example(example: dict, tokenizer) -> tuple[list[int], list[int]]:
     model has seen the whole prompt and its tags there, none of the response."""
     p, r = encode_example_arrays(example, tokenizer)
     return p.tolist(), r.tolist()
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m promethios_jax.data.tokenizer",
+                                description="Train a SentencePiece model on the generated corpus.")
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--out", required=True, help="model prefix; writes OUT.model and OUT.vocab")
+    p.add_argument("--vocab_size", type=int, default=4000)
+    a = p.parse_args(argv)
+    if a.vocab_size <= len(control_pieces()) + 256 + 5:
+        p.error(f"--vocab_size={a.vocab_size} leaves no room beyond the control and byte pieces")
+    path = train_sentencepiece(a.data_dir, a.out, a.vocab_size)
+    print(f"wrote {path}; set --config.data.tokenizer={path} and config.model.vocab_size >= "
+          f"{SentencePieceTokenizer(path).vocab_size}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
