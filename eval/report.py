@@ -1,7 +1,6 @@
 """Pictures and the markdown report of one eval run (matplotlib, Agg: no display)."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -121,6 +120,3 @@ def write_report(out_dir: str, result: dict, hitl_prob, hitl_label, samples: lis
         f.write(markdown(result, samples, images))
     return {"reliability": rel, "risk_coverage": rc, "markdown": md_path}
 
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)

@@ -80,7 +80,6 @@ def shape_mismatches(workdir, step: int) -> list[str]:
     """Tensor by tensor, how the saved parameters differ from the model the checkpoint's
     own config builds (read from Orbax metadata, nothing restored); [] when they fit or
     the metadata cannot be read."""
-    import jax
     import orbax.checkpoint as ocp
     from flax import nnx
 
@@ -184,7 +183,6 @@ def predict(model, config, data_dir, split: str, batch_size: int) -> dict:
     batch_size = max(n_dev, (batch_size // n_dev) * n_dev)  # rows divide the mesh
     for batch in pipeline.eval_batches(config, str(data_dir), split=split, batch_size=batch_size):
         ids = list(batch["ids"])
-        n = len(ids)
         feed = {}
         for k in MODEL_KEYS:
             v = np.asarray(batch[k])
@@ -205,13 +203,7 @@ def predict(model, config, data_dir, split: str, batch_size: int) -> dict:
 
 def _record_fields(record: dict) -> dict:
     """The per-example facts the metrics need from a dataset record."""
-    labels = record.get("labels", {})
-    return {
-        "domain": record["domain"],
-        "category": record.get("category"),
-        "telemetry": record.get("telemetry"),
-        "labels": labels,
-    }
+    return {"domain": record["domain"], "category": record.get("category"), "telemetry": record.get("telemetry")}
 
 
 def _int(x):
@@ -575,7 +567,7 @@ def watch(workdir, poll_seconds: float = 10.0, max_wait_seconds: float | None = 
             attempted.add(s)
             try:
                 results.append(evaluate(workdir, step=s, log=log, **kw))
-            except EvalError:
+            except Exception:  # noqa: BLE001 -- a vanished checkpoint fails in many ways
                 if s in checkpoint_steps(workdir):
                     raise
                 log(f"checkpoint {s} was removed before it could be scored; skipping it")

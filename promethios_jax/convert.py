@@ -36,6 +36,7 @@ import importlib.util
 import json
 import math
 import os
+import pprint
 import re
 import sys
 from pathlib import Path
@@ -496,11 +497,9 @@ _CONFIG_PY = '''"""Config of the checkpoint imported by `promethios_jax.convert 
 Train on: python -m promethios_jax.train --workdir={out} --config={out}/config.py
 (override keys with --config.train.steps=... etc., but keep config.model as it is).
 """
-import json
-
 from promethios_jax.config import base_config
 
-_SAVED = json.loads(r"""{json}""")
+_SAVED = {saved}
 
 
 def get_config():
@@ -608,8 +607,8 @@ def import_hf(hf_dir, out, config_path: str | None = None, governance: str = "au
               config, force=True)
     manager.wait_until_finished()
     manager.close()
-    (out / "config.py").write_text(_CONFIG_PY.format(hf_dir=hf_dir.absolute(), out=out,
-                                                     json=config.to_json(indent=2)))
+    saved = pprint.pformat(json.loads(config.to_json()), indent=1, width=110, sort_dicts=False)
+    (out / "config.py").write_text(_CONFIG_PY.format(hf_dir=hf_dir.absolute(), out=out, saved=saved))
     n_backbone = sum(int(np.prod(abs_params[p].shape)) for p in by_leaf)
     log(f"imported {n_backbone:,} backbone parameters from {hf_dir} into {cdir / '0'}; "
         f"train on with: python -m promethios_jax.train --workdir={out} --config={out / 'config.py'}")

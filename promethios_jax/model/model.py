@@ -133,6 +133,9 @@ class GovernanceTransformer(nnx.Module):
         signals = None
         if telemetry is not None:
             telemetry = jnp.asarray(telemetry)
+            if telemetry.shape[-1] != spec.telemetry_dim:
+                raise ValueError(f"telemetry has {telemetry.shape[-1]} features, but config.model.telemetry_dim="
+                                 f"{spec.telemetry_dim}")
             if telemetry.ndim == 2:  # one vector per row
                 telemetry = jnp.broadcast_to(telemetry[:, None, :], (b, length, telemetry.shape[-1]))
             signals = self.telemetry_encoder(telemetry, dtype)
