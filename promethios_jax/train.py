@@ -451,7 +451,7 @@ def main(argv):
             print(json.dumps(report))
             return 0
         train(config, _WORKDIR.value)
-    except (TrainError, config_lib.ConfigError, _checkpoint_error()) as e:
+    except (TrainError, config_lib.ConfigError, *_checkpoint_error()) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
@@ -459,8 +459,9 @@ def main(argv):
 
 def _checkpoint_error():
     from promethios_jax.checkpoint import CheckpointError
+    from promethios_jax.data.pipeline import DataError
 
-    return CheckpointError
+    return (CheckpointError, DataError)
 
 
 def run():
