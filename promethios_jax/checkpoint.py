@@ -42,7 +42,10 @@ def make_manager(workdir, ckpt_cfg=None, read_only: bool = False) -> ocp.Checkpo
         # Saves are triggered by the train loop, which knows about SIGTERM and the last step.
         save_interval_steps=1,
     )
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+    # Handlers named up front so item_metadata() works before any save or restore.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state: dict, config, force=False) -> bool:

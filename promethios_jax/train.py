@@ -286,6 +286,13 @@ def param_count(abstract) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"])))
 
 
+def model_flops_per_step(config) -> float:
+    from promethios_jax import flops
+
+    tokens = config.train.global_batch_size * config.model.max_seq_len
+    return flops.model_flops_per_token(config.model, config.model.max_seq_len) * tokens
+
+
 def dry_run(config, mesh) -> dict:
     t0 = time.time()
     jitted, abstract, _, _, batch_abs = compile_step(config, mesh)
@@ -303,7 +310,10 @@ def dry_run(config, mesh) -> dict:
         "output_bytes": int(mem.output_size_in_bytes) if mem else None,
         "temp_bytes": int(mem.temp_size_in_bytes) if mem else None,
         "alias_bytes": int(mem.alias_size_in_bytes) if mem else None,
-        "flops_per_device_step": float(cost.get("flops", float("nan"))) if cost else None,
+        # XLA's cost analysis counts a while-loop body once (layer scan, accumulation
+        # scan), so the per-step figure comes from the model's FLOP formula.
+        "flops_per_device_step": model_flops_per_step(config) / mesh.size,
+        "xla_cost_analysis_flops": float(cost.get("flops", float("nan"))) if cost else None,
         "tokens_per_step": config.train.global_batch_size * config.model.max_seq_len,
         "mesh": dict(mesh.shape),
         "compile_s": round(time.time() - t0, 1),
@@ -354,6 +364,9 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         start_batch = int(it_state["batches_consumed"])
         print(f"resumed from step {step} (data position: batch {start_batch}) on mesh {dict(mesh.shape)}", flush=True)
     step = int(jax.device_get(state["step"]))
+    done_marker = wd / "TRAINING_DONE"
+    if primary and step < config.train.steps and done_marker.exists():
+        done_marker.unlink()  # a resumed run with more steps: eval --watch must keep waiting
 
     writer = metrics_lib.MetricsWriter(str(wd), enabled=primary)
     if step == 0:
@@ -443,6 +456,12 @@ def main(argv):
         config = _CONFIG.value
         if _DRY_RUN.value:
             config_lib.validate(config, jax.device_count(), jax.process_count())
+            if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+                # cuDNN cannot compile here; the XLA path materialises the scores, so its
+                # figure is an upper bound on what the cuDNN path needs.
+                print("note: attention_impl='cudnn' needs a GPU; compiling with 'xla' instead "
+                      "(an upper bound on attention memory)")
+                config.model.attention_impl = "xla"
             mesh = sharding.make_mesh(config)
             report = dry_run(config, mesh)
             print(f"model params: {report['params']:,}; mesh {report['mesh']}; "
