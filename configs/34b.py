@@ -22,9 +22,9 @@ def get_config():
     m.compute_dtype = "bfloat16"
     m.attention_impl = "cudnn"
     m.remat_policy = "full"
-    m.anchor_layers = [16, 32, 48]  # the seed's 8/16/24 of 24 layers, scaled to 48
-    m.uncertainty_layers = [36, 48]
-    m.tool_layers = [40, 48]
+    m.anchor_layers = (16, 32, 48)  # the seed's 8/16/24 of 24 layers, scaled to 48
+    m.uncertainty_layers = (36, 48)
+    m.tool_layers = (40, 48)
     m.telemetry_hidden = 1024
     m.head_hidden = 1024
 

@@ -14,9 +14,9 @@ def get_config():
     m.max_seq_len = 2048
     m.compute_dtype = "bfloat16"
     m.remat_policy = "dots_with_no_batch_dims_saveable"
-    m.anchor_layers = [8, 16, 24]
-    m.uncertainty_layers = [18, 24]
-    m.tool_layers = [20, 24]
+    m.anchor_layers = (8, 16, 24)
+    m.uncertainty_layers = (18, 24)
+    m.tool_layers = (20, 24)
     m.head_hidden = 512
 
     t = c.train

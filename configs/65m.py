@@ -14,9 +14,9 @@ def get_config():
     m.tie_embeddings = True  # at this size the untied head would be a quarter of the model
     m.max_seq_len = 1024
     m.compute_dtype = "bfloat16"
-    m.anchor_layers = [4, 8, 12]  # the seed's 8/16/24 of 24 layers, scaled
-    m.uncertainty_layers = [9, 12]
-    m.tool_layers = [10, 12]
+    m.anchor_layers = (4, 8, 12)  # the seed's 8/16/24 of 24 layers, scaled
+    m.uncertainty_layers = (9, 12)
+    m.tool_layers = (10, 12)
     m.head_hidden = 256
 
     t = c.train

@@ -19,9 +19,9 @@ def get_config():
     m.compute_dtype = "bfloat16"
     m.attention_impl = "cudnn"  # 8x H100; CPU-side AOT checks override with attention_impl=xla
     m.remat_policy = "full"
-    m.anchor_layers = [8, 16, 24]
-    m.uncertainty_layers = [18, 24]
-    m.tool_layers = [20, 24]
+    m.anchor_layers = (8, 16, 24)
+    m.uncertainty_layers = (18, 24)
+    m.tool_layers = (20, 24)
     m.telemetry_hidden = 1024
     m.head_hidden = 1024
 

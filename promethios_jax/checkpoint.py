@@ -170,20 +170,19 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     shardings = sharding.to_named(specs, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
 
-    manager = make_manager(workdir, read_only=True)
-    meta = manager.item_metadata(step)
-    tree = getattr(meta["state"], "tree", meta["state"]) if meta is not None and meta["state"] is not None else None
-    if tree is not None:
+    # Only the params are read (partial restore): eval never pays for the optimizer state.
+    state_dir = checkpoint_dir(workdir) / str(step) / "state"
+    with ocp.PyTreeCheckpointer() as reader:
+        tree = reader.metadata(state_dir).item_metadata.tree
         problems = _shape_mismatches(tree.get("params", {}), abs_params)
         if problems:
             raise CheckpointError(
                 f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
+        params = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
             item={"params": target},
             restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
-            partial_restore=True)))
-    manager.close()
+            partial_restore=True))["params"]
+    restored = {"state": {"params": params}}
     model = nnx.merge(graphdef, restored["state"]["params"])
     config.lock()
     return model, config

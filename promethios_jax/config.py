@@ -61,9 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.remat_policy = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
     m.scan_layers = True
     # 1-based layer numbers; conditioning is added to the residual stream entering them.
-    m.anchor_layers = [2, 4]
-    m.uncertainty_layers = [3, 4]  # inclusive 1-based range the uncertainty head pools
-    m.tool_layers = [3, 4]  # inclusive 1-based range the tool head pools
+    m.anchor_layers = (2, 4)
+    m.uncertainty_layers = (3, 4)  # inclusive 1-based range the uncertainty head pools
+    m.tool_layers = (3, 4)  # inclusive 1-based range the tool head pools
     m.telemetry_dim = 30  # == data.schema.TELEMETRY_DIM
     m.telemetry_hidden = 0  # 0: d_model
     m.head_hidden = 0  # hidden width of each governance head's MLP; 0: d_model
@@ -120,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.tensor = 1
 
     c.sharding = s = ml_collections.ConfigDict()
-    s.rules = [list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])] for r in DEFAULT_RULES]
+    s.rules = DEFAULT_RULES  # tuples: ml-collections overrides tuples, not lists
 
     c.checkpoint = ck = ml_collections.ConfigDict()
     ck.every_steps = 100
