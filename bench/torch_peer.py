@@ -25,7 +25,8 @@ What a torchtitan-style single-GPU run does, and what this script does:
   and learning rate; `fused=True` on CUDA (foreach elsewhere); gradient clipping at
   config.train.grad_clip; `config.train.grad_accum_steps` micro-batches of
   global_batch_size / grad_accum_steps rows per optimizer step, as the JAX step.
-- `torch.compile` of the whole model (`--nocompile` to skip, e.g. for CPU tests).
+- `torch.compile` of each decoder block, as torchtitan does (`--nocompile` to skip, e.g.
+  for CPU tests); embedding, final norm, LM head and loss run eagerly.
 - loss: transformers' own causal-LM loss (`labels=input_ids`, logits upcast to fp32).
 
 Batches are random tokens (two batches on the device, used in turn), so the figure is
@@ -181,7 +182,13 @@ def run_peer(config, steps=10, repeats=5, warmup=3, precision="auto", compile_mo
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t.learning_rate, betas=(t.b1, t.b2), eps=t.eps,
         **({"fused": True} if cuda else {"foreach": True}))
-    fwd = torch.compile(model) if compile_model else model
+    if compile_model:
+        # Per decoder block, as torchtitan does. It also keeps transformers' mask
+        # construction out of the trace: with torch versions that predate
+        # pytorch#176499, a traced construction builds an explicit mask instead of
+        # is_causal=True, which rules out the flash kernel (transformers' masking_utils).
+        for layer in model.model.layers:
+            layer.compile()
 
     autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "amp_bf16"
                 else contextlib.nullcontext())
@@ -202,7 +209,7 @@ def run_peer(config, steps=10, repeats=5, warmup=3, precision="auto", compile_mo
         total = torch.zeros((), device=dev)
         for k in range(n_micro):
             with autocast, attn_ctx():
-                loss = fwd(input_ids=tokens[k], labels=tokens[k]).loss / n_micro
+                loss = model(input_ids=tokens[k], labels=tokens[k]).loss / n_micro
             loss.backward()
             total += loss.detach()
         if t.grad_clip > 0:

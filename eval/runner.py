@@ -94,7 +94,7 @@ def shape_mismatches(workdir, step: int) -> list[str]:
     except Exception:  # noqa: BLE001 -- only a diagnosis; the original error is raised anyway
         return []
     abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
-    want = dict(_flat_shapes(nnx.split(abstract, nnx.Param)[1].to_pure_dict()))
+    want = dict(_flat_shapes(nnx.to_pure_dict(nnx.split(abstract, nnx.Param)[1])))
     out = []
     for path in sorted(set(saved) | set(want)):
         if path not in saved:

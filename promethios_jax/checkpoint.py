@@ -164,8 +164,8 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     mesh = sharding.make_mesh(config)
     abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
     graphdef, abs_state = nnx.split(abstract, nnx.Param)
-    abs_params = abs_state.to_pure_dict()
-    specs = sharding.param_specs(abs_params, nnx.get_partition_spec(abs_state).to_pure_dict(),
+    abs_params = nnx.to_pure_dict(abs_state)
+    specs = sharding.param_specs(abs_params, nnx.to_pure_dict(nnx.get_partition_spec(abs_state)),
                                  config.sharding.rules, mesh)
     shardings = sharding.to_named(specs, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)

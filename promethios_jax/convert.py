@@ -724,7 +724,7 @@ def export_workdir(workdir, out, step: int | None = None, max_shard_size=DEFAULT
     from promethios_jax.checkpoint import load
 
     model, config = load(workdir, step)
-    params = nnx.split(model, nnx.Param)[1].to_pure_dict()
+    params = nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
     return export_params(params, config, out, max_shard_size, log=log)
 
 

@@ -215,8 +215,8 @@ def abstract_train_state(config, mesh):
 
     abstract_model = nnx.eval_shape(make_model)
     graphdef, abs_state = nnx.split(abstract_model, nnx.Param)
-    abs_params = abs_state.to_pure_dict()
-    logical = nnx.get_partition_spec(abs_state).to_pure_dict()
+    abs_params = nnx.to_pure_dict(abs_state)
+    logical = nnx.to_pure_dict(nnx.get_partition_spec(abs_state))
     pspecs = sharding.param_specs(abs_params, logical, config.sharding.rules, mesh)
     tx, schedule = make_optimizer(config, logical)
 
@@ -240,7 +240,7 @@ def abstract_train_state(config, mesh):
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_full, shardings)
 
     def init_fn():
-        params = nnx.split(make_model(), nnx.Param)[1].to_pure_dict()
+        params = nnx.to_pure_dict(nnx.split(make_model(), nnx.Param)[1])
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
                 "nonfinite_count": jnp.zeros((), jnp.int32), "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 

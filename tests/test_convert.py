@@ -219,8 +219,8 @@ def test_export_parity_and_round_trip(tmp_path, shape):
     assert list(back_cfg.model.anchor_layers) == list(config.model.anchor_layers)
     from flax import nnx
 
-    a = convert.flatten(nnx.split(model, nnx.Param)[1].to_pure_dict())
-    b = convert.flatten(nnx.split(back, nnx.Param)[1].to_pure_dict())
+    a = convert.flatten(nnx.to_pure_dict(nnx.split(model, nnx.Param)[1]))
+    b = convert.flatten(nnx.to_pure_dict(nnx.split(back, nnx.Param)[1]))
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=".".join(map(str, k)))
