@@ -4,12 +4,23 @@
 format, so plain Orbax can read it without this project's code. Restores always
 target shardings built from the *current* mesh, so a checkpoint moves between device
 counts (the failure of orbax #648 when no target sharding is given).
+
+`data_iter` holds the data position as one integer, `batches_consumed` (global
+batches), with the global batch size it counts in; the row stream does not depend on
+the batch size or the process count, so the position converts exactly (docs/checkpoints.md).
+
+Nothing here deletes a checkpoint that restores: Orbax removes old steps (max_to_keep)
+only after the newer save has committed, and a step that does not read back is moved
+aside to `checkpoints/corrupt-<step>-<time>`, never deleted.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -19,7 +30,12 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
 
-ITEMS = ("state", "data_iter", "config")
+ITEMS = ("state", "data_iter", "config", "integrity")
+# What decides the order of training rows: the same batches_consumed means other data
+# when one of these changes (docs/checkpoints.md).
+STREAM_KEYS = (("model", "max_seq_len"), ("data", "max_segments_per_row"), ("data", "shuffle_seed"),
+               ("data", "tokenizer"))
+_TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
 class CheckpointError(RuntimeError):
@@ -30,31 +46,228 @@ def checkpoint_dir(workdir) -> Path:
     return Path(workdir).absolute() / "checkpoints"
 
 
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _warn(msg: str) -> None:
+    log.debug(msg)
+    if _primary():
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def _note(msg: str) -> None:
+    if _primary():
+        print(msg, flush=True)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _all_true(ok: bool) -> bool:
+    """True on every process iff `ok` holds on every process (one host: `ok`)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+_ARRAY_SAVING_SET = False
+
+
+def _configure_array_saving() -> None:
+    """Single process: write each array from one replica, not split across replicas.
+
+    Orbax's replica-parallel saving (its default off GPU) slices every replicated
+    array per replica with one small jitted op each: on a data-parallel mesh the first
+    save compiles a thousand of them (7.7 s of blocking time for the tiny model here,
+    0.2 s without) and every later save dispatches them again, while all replicas live
+    in this one process anyway. Several processes keep Orbax's default, where it
+    spreads the writes over the hosts. Restores are unaffected (a save-side option).
+    """
+    global _ARRAY_SAVING_SET
+    if _ARRAY_SAVING_SET or jax.process_count() > 1:
+        return
+    try:
+        from orbax.checkpoint._src.metadata import array_metadata_store
+
+        store = array_metadata_store.Store()  # as Orbax's default jax.Array handler
+    except ImportError:  # pragma: no cover -- another Orbax layout
+        store = None
+    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False, array_metadata_store=store)
+    try:
+        from orbax.checkpoint._src.serialization import type_handler_registry as registry
+
+        registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, handler, override=True, ignore_warnings=True)
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    _ARRAY_SAVING_SET = True
+
+
 def make_manager(workdir, ckpt_cfg=None, read_only: bool = False) -> ocp.CheckpointManager:
+    """The run's CheckpointManager over WORKDIR/checkpoints.
+
+    A writer also removes the `<step>.orbax-checkpoint-tmp` directory of a save that a
+    killed process left unfinished (it was never a checkpoint: Orbax commits a step by
+    renaming its tmp directory), after saying so.
+    """
     ckpt_cfg = ckpt_cfg or ml_collections.ConfigDict(
         {"max_to_keep": None, "keep_period": 0, "async_save": False})
+    if not read_only:
+        _configure_array_saving()
+        cdir = checkpoint_dir(workdir)
+        if _primary() and cdir.is_dir():
+            for p in sorted(cdir.iterdir()):
+                m = _TMP_STEP.match(p.name)
+                if m:
+                    _warn(f"found an unfinished save of step {m.group(1)} ({p.name}: the process stopped "
+                          "before it committed); it is not a checkpoint and is removed")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=ckpt_cfg.max_to_keep or None,
         keep_period=ckpt_cfg.keep_period or None,
         enable_async_checkpointing=bool(ckpt_cfg.async_save) and not read_only,
         create=not read_only,
         read_only=read_only,
+        cleanup_tmp_directories=not read_only,
         # Saves are triggered by the train loop, which knows about SIGTERM and the last step.
         save_interval_steps=1,
     )
     # Handlers named up front so item_metadata() works before any save or restore.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler()}
+                "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state: dict, config, force=False) -> bool:
+    """Starts a save of one step (asynchronous when the manager is); returns whether it saved.
+
+    The call returns once the arrays are copied off the devices, so the caller may
+    donate `state` to the next step right away. The step directory appears (by an
+    atomic rename) only when every item is written; older steps beyond max_to_keep are
+    removed only after that.
+    """
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=ocp.args.JsonSave(data_iter_state),
         config=ocp.args.JsonSave(json.loads(config.to_json())),
+        integrity=ocp.args.JsonSave({"algorithm": FINGERPRINT_ALGORITHM, "leaves": fingerprint(state)}),
     )
     return manager.save(step, args=args, force=force)
+
+
+# ---------------------------------------------------------------------------------------
+# Value fingerprints: a flipped or garbled byte inside a compressed chunk can decode
+# without any error into other numbers (tried: 64 random bytes in a data file of a
+# step restored "fine"), so every save records one number per array and every restore
+# recomputes it from what it read.
+
+FINGERPRINT_ALGORITHM = "u32-odd-weighted-sum-v1"
+
+
+def _leaf_fingerprint(x):
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        u = x.astype(jnp.uint32)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+        u = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    u = u.reshape(-1)
+    # Odd weights are invertible mod 2**32: any one changed word changes the sum, and
+    # moved words change it too. Integer sums are exact in any order, so the number does
+    # not depend on the sharding the array is saved or restored with.
+    w = jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.sum(u * w, dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(tree):
+    import jax.numpy as jnp
+
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([_leaf_fingerprint(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.uint32)
+
+
+def fingerprint(tree) -> dict[str, int]:
+    """{leaf path: fingerprint} of a PyTree of arrays (one device pass, one small fetch)."""
+    paths = [p for p, _ in _flatten(tree)]
+    values = np.asarray(jax.device_get(_fingerprints(tree)))
+    return {p: int(v) for p, v in zip(paths, values)}
+
+
+def _verify(tree, expected: dict, what: str) -> None:
+    got = fingerprint(tree)
+    bad = [p for p, v in got.items() if p in expected and int(expected[p]) != v]
+    if bad:
+        raise ValueError(f"{len(bad)} array(s) read back other values than were saved ({', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''}) in {what}")
+
+
+# ---------------------------------------------------------------------------------------
+# The data position
+
+
+def _stream(config) -> dict:
+    return {f"{sec}.{key}": config[sec][key] for sec, key in STREAM_KEYS}
+
+
+def data_iter_state(loader, config) -> dict:
+    """What `data_iter` holds: the position in global batches and what it counts in."""
+    n = int(loader.batches_consumed)
+    g = int(config.train.global_batch_size)
+    return {
+        "batches_consumed": n,
+        "global_batch_size": g,
+        "rows_consumed": n * g,
+        "process_count": jax.process_count(),
+        "iterator": dict(loader.get_state()),  # the Grain iterator's own state
+        "stream": _stream(config),
+    }
+
+
+def resume_position(it_state: dict, config, step: int | None = None) -> int:
+    """The `start_batch` (in the current global batch size) at which a resumed run
+    continues: exactly the next unseen row, or CheckpointError.
+
+    Global batch b is rows [b*G, (b+1)*G) of a row stream that depends on neither G
+    nor the process count, so a position moves between process counts as it is and
+    between batch sizes through rows consumed, when the new size divides them.
+    """
+    at = f"checkpoint step {step}" if step is not None else "the checkpoint"
+    if "batches_consumed" not in it_state:
+        raise CheckpointError(f"{at}: data_iter holds no batches_consumed ({sorted(it_state)})")
+    n = int(it_state["batches_consumed"])
+    g = int(config.train.global_batch_size)
+    g_saved = int(it_state.get("global_batch_size") or g)
+    saved_stream = it_state.get("stream")
+    if saved_stream:
+        now = _stream(config)
+        changed = [f"{k} {saved_stream[k]!r} -> {now[k]!r}" for k in now if k in saved_stream and saved_stream[k] != now[k]]
+        if changed:
+            _warn(f"{at}: the data order changed since it was saved ({'; '.join(changed)}): row "
+                  f"{n * g_saved} of the new order is not where the old run stopped, so some examples of this "
+                  "epoch are seen twice and others not at all")
+    if g_saved == g:
+        return n
+    rows = n * g_saved
+    if rows % g:
+        raise CheckpointError(
+            f"{at}: the run had consumed {n} batches of global_batch_size={g_saved} ({rows} rows); "
+            f"config.train.global_batch_size={g} does not divide {rows}, so it cannot continue at exactly the "
+            f"next row. Use a global batch size that divides {rows} (e.g. {g_saved}) for this resume")
+    _note(f"global_batch_size changed {g_saved} -> {g}: data position {n} batches x {g_saved} rows = "
+          f"{rows} rows = batch {rows // g} of {g} rows")
+    return rows // g
+
+
+# ---------------------------------------------------------------------------------------
+# Restore
 
 
 def _shape_mismatches(saved_meta, abstract, prefix="") -> list[str]:
@@ -90,18 +303,77 @@ def _restore_step(manager, step: int, abstract_state):
         if problems:
             raise CheckpointError(
                 f"checkpoint step {step} does not fit the configured model:\n  " + "\n  ".join(problems))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data_iter=ocp.args.JsonRestore(),
-    ))
-    return restored["state"], restored["data_iter"]
+    args = {"state": ocp.args.StandardRestore(abstract_state), "data_iter": ocp.args.JsonRestore()}
+    checked = _has_item(manager, step, "integrity")
+    if checked:
+        args["integrity"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    state, it = restored["state"], restored["data_iter"]
+    if not isinstance(it, dict) or "batches_consumed" not in it:
+        raise ValueError(f"data_iter holds no data position: {it!r}")
+    saved_step = int(np.asarray(jax.device_get(state["step"])))
+    if saved_step != step:
+        raise ValueError(f"its state says step {saved_step}")
+    if checked:
+        _verify(state, _expected_fingerprints(restored["integrity"]), "state")
+    return state, it
+
+
+def _has_item(manager, step: int, item: str) -> bool:
+    """Whether a step holds `item` (checkpoints written before it existed, or by other
+    tools, may not)."""
+    return (Path(str(manager.directory)) / str(step) / item).is_dir()
+
+
+def _expected_fingerprints(integrity) -> dict:
+    if not isinstance(integrity, dict) or integrity.get("algorithm") != FINGERPRINT_ALGORITHM:
+        raise ValueError(f"unknown integrity record {str(integrity)[:100]!r}")
+    return integrity["leaves"]
+
+
+def _is_resource_error(e: BaseException) -> bool:
+    """Out of memory is not corruption: it must not move a checkpoint aside."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
+
+
+def _describe(e: BaseException | None) -> str:
+    if e is None:
+        return "it failed to read on another process"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+def quarantine(manager: ocp.CheckpointManager, step: int) -> Path:
+    """Moves step `step` aside to checkpoints/corrupt-<step>-<time> (never deletes it).
+
+    Out of the step numbering, it no longer collides with the next save of that step
+    and no longer counts toward max_to_keep (where it would push out the checkpoint the
+    run resumed from).
+    """
+    cdir = Path(str(manager.directory))
+    src = cdir / str(step)
+    dst = cdir / f"corrupt-{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+    if _primary() and src.exists():
+        n = 0
+        while dst.exists():
+            n += 1
+            dst = cdir / f"corrupt-{step}-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
+        os.rename(src, dst)
+        _warn(f"moved the unreadable checkpoint of step {step} to {dst} (kept for inspection; "
+              f"delete it yourself when you no longer need it)")
+    _sync(f"promethios_quarantine_{step}")
+    return dst
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
     """Restores the newest checkpoint that reads back whole, or `step` if given.
 
-    A corrupt or partial newest checkpoint is reported by step and skipped, never
-    deleted. A shape mismatch is a config error, not corruption, and is raised.
+    A corrupt or partial newer checkpoint is reported by step and skipped; once an
+    older one has restored, the skipped ones are moved aside (`quarantine`), never
+    deleted. When none restores, CheckpointError (nothing is moved): starting from
+    scratch over a run's checkpoints is a decision for the user. A shape mismatch is a
+    config error, not corruption, and is raised.
     Returns (state, data_iter_state, step) or None when there is no checkpoint.
     """
     steps = sorted(manager.all_steps(), reverse=True)
@@ -111,17 +383,30 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | N
                 f"no checkpoint for step {step} in {manager.directory}; available: {sorted(steps) or 'none'}")
         state, it = _restore_step(manager, step, abstract_state)
         return state, it, step
+    skipped = []
     for s in steps:
+        err = None
         try:
             state, it = _restore_step(manager, s, abstract_state)
-            return state, it, s
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 -- any read failure means this step is unusable
-            log.warning("checkpoint at step %d is corrupt or partial (%s: %s); trying the one before",
-                        s, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            print(f"WARNING: checkpoint at step {s} is corrupt or partial "
-                  f"({type(e).__name__}); falling back to the one before", flush=True)
+            if _is_resource_error(e):
+                raise
+            err = e
+        if _all_true(err is None):
+            for bad in skipped:
+                quarantine(manager, bad)
+            if skipped:
+                manager.reload()
+            return state, it, s
+        skipped.append(s)
+        log.debug("restore of step %d failed", s, exc_info=err)
+        _warn(f"checkpoint at step {s} is corrupt or partial ({_describe(err)}); falling back to the one before")
+    if skipped:
+        raise CheckpointError(
+            f"no checkpoint in {manager.directory} reads back (tried steps {skipped}); nothing was moved or "
+            "deleted. To start over, move them away or use another --workdir")
     return None
 
 
@@ -152,8 +437,32 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     """Builds the model from a workdir's checkpoint: returns (model, config).
 
     Parameters land on a mesh over the local devices (all of them on `fsdp` unless
-    `mesh_shape` says otherwise), whatever device count trained them.
+    `mesh_shape` says otherwise), whatever device count trained them. Without `step`,
+    the newest checkpoint that reads back (a corrupt newer one is named and skipped;
+    this reader moves nothing).
     """
+    if step is not None:
+        return _load_step(workdir, step, mesh_shape)
+    cdir = checkpoint_dir(workdir)
+    steps = sorted((int(p.name) for p in cdir.iterdir() if p.name.isdigit()), reverse=True) if cdir.is_dir() else []
+    if not steps:
+        read_config(workdir)  # raises the "train first" error
+    for i, s in enumerate(steps):
+        try:
+            return _load_step(workdir, s, mesh_shape)
+        except CheckpointError as e:
+            if "does not fit" in str(e) or i == len(steps) - 1:
+                raise
+            err = e
+        except Exception as e:  # noqa: BLE001 -- an unreadable step: try the one before
+            if _is_resource_error(e) or i == len(steps) - 1:
+                raise
+            err = e
+        _warn(f"checkpoint at step {s} is corrupt or partial ({_describe(err)}); loading the one before")
+    raise AssertionError("unreachable")
+
+
+def _load_step(workdir, step: int, mesh_shape: dict | None):
     from flax import nnx
 
     from promethios_jax import sharding
@@ -164,25 +473,34 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     mesh = sharding.make_mesh(config)
     abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
     graphdef, abs_state = nnx.split(abstract, nnx.Param)
-    abs_params = nnx.to_pure_dict(abs_state)
-    specs = sharding.param_specs(abs_params, nnx.to_pure_dict(nnx.get_partition_spec(abs_state)),
+    abs_params = abs_state.to_pure_dict()
+    specs = sharding.param_specs(abs_params, nnx.get_partition_spec(abs_state).to_pure_dict(),
                                  config.sharding.rules, mesh)
     shardings = sharding.to_named(specs, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
 
-    # Only the params are read (partial restore): eval never pays for the optimizer state.
-    state_dir = checkpoint_dir(workdir) / str(step) / "state"
-    with ocp.PyTreeCheckpointer() as reader:
-        tree = reader.metadata(state_dir).item_metadata.tree
-        problems = _shape_mismatches(tree.get("params", {}), abs_params)
-        if problems:
-            raise CheckpointError(
-                f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
-        params = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+    manager = make_manager(workdir, read_only=True)
+    try:
+        meta = manager.item_metadata(step)
+        tree = getattr(meta["state"], "tree", meta["state"]) if meta is not None and meta["state"] is not None else None
+        if tree is not None:
+            problems = _shape_mismatches(tree.get("params", {}), abs_params)
+            if problems:
+                raise CheckpointError(
+                    f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
+        args = {"state": ocp.args.PyTreeRestore(
             item={"params": target},
             restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
-            partial_restore=True))["params"]
-    restored = {"state": {"params": params}}
+            partial_restore=True)}
+        checked = _has_item(manager, step, "integrity")
+        if checked:
+            args["integrity"] = ocp.args.JsonRestore()
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
+        if checked:
+            _verify({"params": restored["state"]["params"]}, _expected_fingerprints(restored["integrity"]),
+                    f"checkpoint step {step}")
+    finally:
+        manager.close()
     model = nnx.merge(graphdef, restored["state"]["params"])
     config.lock()
     return model, config

@@ -326,12 +326,20 @@ def dry_run(config, mesh) -> dict:
 
 
 class _StopFlag:
+    """SIGTERM/SIGINT: the loop finishes its step, saves, waits for the save to commit,
+    and returns (exit 0). A second signal stops at once, without waiting for a save."""
+
     def __init__(self):
         self.signal = None
 
     def __call__(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            print(f"received {name} again: stopping now; an unfinished save is discarded, "
+                  "the last committed checkpoint is kept", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
         self.signal = signum
-        print(f"received {signal.Signals(signum).name}: finishing this step, saving, exiting", flush=True)
+        print(f"received {name}: finishing this step, saving, exiting", flush=True)
 
 
 def train(config, workdir: str, stop_after: int | None = None) -> dict:
@@ -361,7 +369,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         print(f"initialised {n_params:,} parameters on mesh {dict(mesh.shape)}", flush=True)
     else:
         state, it_state, step = restored
-        start_batch = int(it_state["batches_consumed"])
+        start_batch = ckpt.resume_position(it_state, config, step)
         print(f"resumed from step {step} (data position: batch {start_batch}) on mesh {dict(mesh.shape)}", flush=True)
     step = int(jax.device_get(state["step"]))
     done_marker = wd / "TRAINING_DONE"
@@ -383,15 +391,39 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     last = {}
     first_step = step
 
+    # NaN policy. The step never applies a non-finite update (both policies) and counts
+    # it in state["nonfinite_count"]; the host reads the count at log steps and saves.
+    nonfinite = {"start": int(jax.device_get(state["nonfinite_count"])), "checked_step": step}
+    nonfinite["seen"] = nonfinite["start"]
+
+    def check_nonfinite(step_now: int) -> int:
+        """The count of skipped updates; under nan_policy "stop", TrainError once it grows."""
+        count = int(jax.device_get(state["nonfinite_count"]))
+        new, since = count - nonfinite["seen"], nonfinite["checked_step"]
+        nonfinite.update(seen=count, checked_step=step_now)
+        if new <= 0:
+            return count
+        if nonfinite["start"] == 0 and config.train.nan_policy == "stop":
+            where = f"step {int(jax.device_get(state['first_nonfinite_step']))}"
+        else:
+            where = f"step {step_now}" if since + 1 == step_now else f"{new} step(s) in {since + 1}..{step_now}"
+        if config.train.nan_policy == "stop":
+            manager.wait_until_finished()
+            good = manager.latest_step()
+            kept = (f"the last good checkpoint, step {good}, is kept in {ckpt.checkpoint_dir(wd)}"
+                    if good is not None else "no checkpoint had been saved yet")
+            raise TrainError(f"non-finite loss or gradient at {where}; stopping (config.train.nan_policy='stop'). "
+                             f"Nothing after it was saved; {kept}. Set config.train.nan_policy='skip' to skip "
+                             "such updates instead")
+        if primary:
+            print(f"WARNING: non-finite loss or gradient at {where}: update skipped "
+                  f"({count} skipped in all, train/nonfinite_skipped)", file=sys.stderr, flush=True)
+        return count
+
     def save(step_now: int):
-        bad = int(jax.device_get(state["nonfinite_count"]))
-        if bad and config.train.nan_policy == "stop":
-            raise TrainError(f"non-finite loss at step {int(jax.device_get(state['first_nonfinite_step']))}; "
-                             "not saving; the last good checkpoint is kept")
+        check_nonfinite(step_now)  # under "stop", never save a state past a non-finite step
         with tracker.checkpoint():
-            ckpt.save(manager, step_now, state, {"batches_consumed": loader.batches_consumed,
-                                                 "global_batch_size": config.train.global_batch_size},
-                      config, force=True)
+            ckpt.save(manager, step_now, state, ckpt.data_iter_state(loader, config), config, force=True)
 
     try:
         while step < total_steps:
@@ -406,15 +438,14 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 jax.block_until_ready(m)
                 tracker.reset(step)
             stopping = stop.signal is not None
-            if jax.process_count() > 1 and (step % config.train.log_every == 0 or stopping):
-                stopping = bool(np.any(multihost_utils.process_allgather(np.array(stopping))))
+            if jax.process_count() > 1:
+                # Every process must stop (and save) at the same step: they agree at the log
+                # steps, which all of them take, signalled or not.
+                stopping = step % config.train.log_every == 0 and bool(
+                    np.any(multihost_utils.process_allgather(np.array(stopping))))
             if step % config.train.log_every == 0 or step == total_steps or stopping:
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
-                if m.pop("finite") < 1 or not math.isfinite(m["loss"]):
-                    if config.train.nan_policy == "stop":
-                        raise TrainError(f"non-finite loss at step {step} (loss={m['loss']}); stopping. "
-                                         "The last good checkpoint is kept; set config.train.nan_policy='skip' "
-                                         "to skip such updates instead")
+                m.pop("finite")
                 m["nonfinite_skipped"] = int(jax.device_get(state["nonfinite_count"]))
                 scalars = metrics_lib.train_scalars(m)
                 scalars.update(tracker.update(step))
@@ -422,22 +453,29 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 writer.write_scalars(step, scalars)
                 progress.update(step, scalars)
                 last = {"step": step, **scalars}
+                check_nonfinite(step)  # after the write, so the bad step's row is in the logs
             if step % config.checkpoint.every_steps == 0 or step == total_steps or stopping:
                 save(step)
             if stopping:
                 break
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
         profiler.close()
-        manager.wait_until_finished()
-        manager.close()
-        progress.close()
-        writer.close()
+        try:
+            # Still under our handlers: a signal now must not kill the commit of the last save.
+            manager.wait_until_finished()
+            manager.close()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            progress.close()
+            writer.close()
     if step >= config.train.steps and primary:
         ckpt.mark_done(wd, step)
     if stop.signal is None:
         print(f"finished at step {step}; checkpoints in {wd / 'checkpoints'}", flush=True)
+    else:
+        print(f"stopped by {signal.Signals(stop.signal).name} at step {step}; saved and committed "
+              f"{wd / 'checkpoints' / str(step)}", flush=True)
     return last
 
 

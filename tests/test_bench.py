@@ -47,7 +47,9 @@ def _last_json(proc_out: str) -> dict:
 def runs():
     """Starts both harnesses at once; returns {name: (returncode, stdout, stderr)}."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmds = {"jax": [sys.executable, "-m", "promethios_jax.bench", "--config=configs/tiny.py", *OVERRIDES, *TIMING]}
+    # cuDNN attention on a CPU: the bench falls back to XLA attention and says so.
+    cmds = {"jax": [sys.executable, "-m", "promethios_jax.bench", "--config=configs/tiny.py", *OVERRIDES, *TIMING,
+                    "--config.model.attention_impl=cudnn"]}
     if importlib.util.find_spec("torch") and importlib.util.find_spec("transformers"):
         cmds["torch"] = [sys.executable, str(PEER), "--config=configs/tiny.py", "--nocompile", *OVERRIDES, *TIMING]
     procs = {k: subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -82,6 +84,7 @@ def test_jax_bench_cli(runs):
     _check_report(report)
     assert any(line.startswith("step_time_s") for line in stdout.splitlines()[:-1])  # the table first
     assert report["num_devices"] >= 1 and report["attention_impl"] == "xla"
+    assert report["notes"] and "cudnn" in report["notes"][0]
     assert report["xla_memory_gib"] > 0
     assert report["overrides"]["model.d_model"] == 32
     from promethios_jax import flops

@@ -168,11 +168,12 @@ def test_model_flops_per_token_by_hand():
     d, layers, h, kv, hd, ff, v, seq = 128, 4, 4, 2, 32, 384, 512, 512
     assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff, m.vocab_size) == (
         d, layers, h, kv, ff, v)
-    telemetry = 16 * d + 2 * d * d  # trunk 16 -> 128, one 128x128 projection per anchor (2, 4)
+    t = m.telemetry_dim
+    telemetry = t * d + 2 * d * d  # trunk T -> 128, one 128x128 projection per anchor (2, 4)
     matmul = layers * (d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * ff) + d * v + telemetry
-    assert flops.matmul_params(m) == matmul == 886_784
+    assert flops.matmul_params(m) == matmul == 884_736 + 128 * t
     causal_attn = 6 * layers * seq * h * hd
-    assert flops.model_flops_per_token(m, seq) == 6 * matmul + causal_attn == 6_893_568
+    assert flops.model_flops_per_token(m, seq) == 6 * matmul + causal_attn
     assert flops.model_flops_per_token(m, seq, causal=False) == 6 * matmul + 2 * causal_attn
     m.tie_embeddings = True  # the LM head is still a matmul
     assert flops.matmul_params(m) == matmul

@@ -78,7 +78,9 @@ def test_train_checkpoints_metrics_and_resume(tmp_path, data_dir):
     assert all(np.isfinite(v) for v in uninterrupted.values())
 
 
-def test_loss_falls_on_tiny_data(tmp_path, data_dir):
+def test_loss_falls_and_the_run_is_monitored(tmp_path, data_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from promethios_jax import train
 
     cfg = small_config()
@@ -87,9 +89,26 @@ def test_loss_falls_on_tiny_data(tmp_path, data_dir):
     cfg.train.learning_rate = 3e-3
     cfg.train.log_every = 5
     cfg.checkpoint.every_steps = 30
-    train.train(cfg, str(tmp_path / "run"))
-    losses = read_losses(tmp_path / "run")
+    cfg.monitor.hourly_cost_usd = 20.0
+    cfg.monitor.peak_tflops = 1.0  # the CPU has no peak in the table; MFU needs one
+    cfg.profile.start_step = 6
+    cfg.profile.num_steps = 2
+    wd = tmp_path / "run"
+    train.train(cfg, str(wd))
+    losses = read_losses(wd)
     assert losses[30] < 0.8 * losses[5], losses
+
+    acc = EventAccumulator(str(wd / "tb" / "train"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    want = {"train/loss", "train/learning_rate", "train/grad_norm", "train/param_norm",
+            "perf/tokens_per_s", "perf/tokens_per_s_per_device", "perf/step_time_s", "perf/tflops_per_device",
+            "perf/mfu", "perf/data_wait_s", "perf/checkpoint_s", "cost/usd", "cost/eta_s"}
+    want |= {f"train/loss_{p}" for p in ("lm", "hitl", "decision", "confidence", "uncertainty", "bias", "tool")}
+    assert want <= tags, want - tags
+    assert acc.Scalars("cost/usd")[-1].value > 0
+    assert {"config/text_summary", "params/text_summary"} <= set(acc.Tags()["tensors"])
+    assert list(wd.rglob("*.xplane.pb")), "profile keys leave a trace"
 
 
 @pytest.mark.parametrize("mesh", [{"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 4, "tensor": 2}])
