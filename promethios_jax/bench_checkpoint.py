@@ -16,6 +16,7 @@ appears (the background write committed). The figure of merit:
 The last save of the run (at --steps) is left out: the loop ends there and waits for
 it by design. The first measured save includes one-time set-up (the fingerprint jit);
 it is shown on its own. `--mode=both` also runs with synchronous saves for contrast.
+`--workdir` keeps the runs (default: a temporary directory, removed after).
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ import time
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/350m.py.")
+# The train module defines --config (with its --config.* overrides) and --workdir.
+from promethios_jax import train
+
 _STEPS = flags.DEFINE_integer("steps", 13, "Steps to run (saves at every multiple of --every, and the last).")
 _EVERY = flags.DEFINE_integer("every", 4, "checkpoint.every_steps for the benchmark.")
 _MODE = flags.DEFINE_enum("mode", "async", ["async", "sync", "both"], "Save mode(s) to measure.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where to write (default: a temporary dir, removed after).")
 _EXAMPLES = flags.DEFINE_integer("num_examples", 300, "Examples to generate when config.data.path is empty.")
 
 
@@ -49,8 +50,6 @@ def _watch_commits(cdir: Path, stop: threading.Event, seen: dict) -> None:
 
 
 def measure(config, workdir: Path, steps: int, every: int, async_save: bool) -> dict:
-    from promethios_jax import train
-
     config = config.copy_and_resolve_references()
     config.train.log_every = 1
     config.checkpoint.every_steps = every
@@ -102,15 +101,20 @@ def measure(config, workdir: Path, steps: int, every: int, async_save: bool) -> 
 
 def main(argv):
     del argv
+    import logging
+
+    from absl import logging as absl_logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     import jax
 
     from promethios_jax import config as config_lib
     from promethios_jax.data import generate
 
-    config = _CONFIG.value
-    if config is None:
-        raise app.UsageError("--config is required (e.g. --config=configs/350m.py)")
-    root = Path(_WORKDIR.value) if _WORKDIR.value else Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
+    config = train._CONFIG.value
+    keep = flags.FLAGS["workdir"].present
+    root = Path(train._WORKDIR.value) if keep else Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
     root.mkdir(parents=True, exist_ok=True)
     if not config.data.path:
         data = root / "data"
@@ -125,7 +129,7 @@ def main(argv):
             r = measure(config, root / ("run_async" if a else "run_sync"), _STEPS.value, _EVERY.value, a)
             results.append(r)
     finally:
-        if not _WORKDIR.value:
+        if not keep:
             shutil.rmtree(root, ignore_errors=True)
     m = config.model
     print()
