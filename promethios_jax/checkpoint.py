@@ -1,4 +1,5 @@
-"""Orbax checkpoints: one directory per step holding `state`, `data_iter` and `config`.
+"""Orbax checkpoints: one directory per step holding `state`, `data_iter`, `config` and
+`integrity` (docs/checkpoints.md).
 
 `state` is a plain PyTree ({"step", "params", "opt_state", ...}) in Orbax's standard
 format, so plain Orbax can read it without this project's code. Restores always
@@ -8,6 +9,9 @@ counts (the failure of orbax #648 when no target sharding is given).
 `data_iter` holds the data position as one integer, `batches_consumed` (global
 batches), with the global batch size it counts in; the row stream does not depend on
 the batch size or the process count, so the position converts exactly (docs/checkpoints.md).
+
+`integrity` holds one fingerprint per array of `state`, taken on the devices at save
+time and checked after every restore: a garbled chunk can decode without an error.
 
 Nothing here deletes a checkpoint that restores: Orbax removes old steps (max_to_keep)
 only after the newer save has committed, and a step that does not read back is moved
@@ -492,35 +496,30 @@ def _load_step(workdir, step: int, mesh_shape: dict | None):
     mesh = sharding.make_mesh(config)
     abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
     graphdef, abs_state = nnx.split(abstract, nnx.Param)
-    abs_params = abs_state.to_pure_dict()
-    specs = sharding.param_specs(abs_params, nnx.get_partition_spec(abs_state).to_pure_dict(),
+    abs_params = nnx.to_pure_dict(abs_state)
+    specs = sharding.param_specs(abs_params, nnx.to_pure_dict(nnx.get_partition_spec(abs_state)),
                                  config.sharding.rules, mesh)
     shardings = sharding.to_named(specs, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
 
-    manager = make_manager(workdir, read_only=True)
-    try:
-        meta = manager.item_metadata(step)
-        tree = getattr(meta["state"], "tree", meta["state"]) if meta is not None and meta["state"] is not None else None
-        if tree is not None:
-            problems = _shape_mismatches(tree.get("params", {}), abs_params)
-            if problems:
-                raise CheckpointError(
-                    f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
-        args = {"state": ocp.args.PyTreeRestore(
+    # Only the params are read (partial restore): eval never pays for the optimizer state.
+    step_dir = checkpoint_dir(workdir) / str(step)
+    state_dir = step_dir / "state"
+    with ocp.PyTreeCheckpointer() as reader:
+        tree = reader.metadata(state_dir).item_metadata.tree
+        problems = _shape_mismatches(tree.get("params", {}), abs_params)
+        if problems:
+            raise CheckpointError(
+                f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
+        params = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
             item={"params": target},
             restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
-            partial_restore=True)}
-        checked = _has_item(manager, step, "integrity")
-        if checked:
-            args["integrity"] = ocp.args.JsonRestore()
-        restored = manager.restore(step, args=ocp.args.Composite(**args))
-        if checked:
-            _verify({"params": restored["state"]["params"]}, _expected_fingerprints(restored["integrity"]),
-                    f"checkpoint step {step}")
-    finally:
-        manager.close()
-    model = nnx.merge(graphdef, restored["state"]["params"])
+            partial_restore=True))["params"]
+    integrity = step_dir / "integrity" / "metadata"
+    if integrity.exists():
+        _verify({"params": params}, _expected_fingerprints(json.loads(integrity.read_text())),
+                f"checkpoint step {step}")
+    model = nnx.merge(graphdef, params)
     config.lock()
     return model, config
 
