@@ -14,7 +14,7 @@ import pytest
 from eval import metrics as M
 from eval import runner
 from eval.__main__ import EXIT_BAD_INPUT, EXIT_GATES_FAILED, main
-from promethios_jax.config import base_config
+from tests.util import small_config as base_small_config
 
 ISSUE_KEYS = (
     "hitl_accuracy", "hitl_precision", "hitl_recall", "hitl_f1", "hitl_ceiling", "hitl_majority_baseline",
@@ -29,24 +29,11 @@ NUM_GENERATE = 6
 
 
 def small_config():
-    c = base_config()
-    c.model.d_model = 64
-    c.model.n_layers = 2
-    c.model.n_heads = 4
-    c.model.n_kv_heads = 2
-    c.model.d_ff = 128
-    c.model.max_seq_len = 256
-    c.model.anchor_layers = [1, 2]
-    c.model.uncertainty_layers = [1, 2]
-    c.model.tool_layers = [2, 2]
+    c = base_small_config()
     c.data.num_examples = 240
     c.data.heldout_fraction = 0.1
-    c.train.steps = 2
-    c.train.global_batch_size = 8
-    c.train.warmup_steps = 1
-    c.train.log_every = 1
+    c.train.update(steps=2, warmup_steps=1)
     c.checkpoint.every_steps = 1
-    c.checkpoint.async_save = False
     c.eval.batch_size = 16
     c.eval.max_new_tokens = 16
     return c

@@ -9,31 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promethios_jax.config import ConfigError, base_config
+from promethios_jax.config import ConfigError
+from tests.util import small_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def small_config(**mesh):
-    c = base_config()
-    c.model.d_model = 64
-    c.model.n_layers = 2
-    c.model.n_heads = 4
-    c.model.n_kv_heads = 2
-    c.model.d_ff = 128
-    c.model.max_seq_len = 256
-    c.model.anchor_layers = [1, 2]
-    c.model.uncertainty_layers = [1, 2]
-    c.model.tool_layers = [2, 2]
-    c.data.num_examples = 300
-    c.train.steps = 6
-    c.train.global_batch_size = 8
-    c.train.warmup_steps = 2
-    c.train.log_every = 1
-    c.checkpoint.every_steps = 3
-    c.checkpoint.async_save = False
-    c.mesh.update(mesh or {"data": -1, "fsdp": 1, "tensor": 1})
-    return c
 
 
 def read_losses(workdir):
