@@ -528,7 +528,3 @@ def mark_done(workdir, step: int) -> None:
     tmp = Path(workdir) / ".TRAINING_DONE.tmp"
     tmp.write_text(json.dumps({"step": int(step)}))
     os.replace(tmp, Path(workdir) / "TRAINING_DONE")
-
-
-def np_scalar(x):
-    return np.asarray(jax.device_get(x)).item()

@@ -132,7 +132,6 @@ def make_train_step(config, graphdef, tx, schedule, mesh):
     from promethios_jax.model import loss as loss_lib
 
     n_micro = config.train.grad_accum_steps
-    skip_nonfinite = True  # both policies keep the state finite; "stop" also halts on the host
 
     def forward_sums(params, mb):
         model = nnx.merge(graphdef, params)
@@ -175,10 +174,10 @@ def make_train_step(config, graphdef, tx, schedule, mesh):
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            new_params = keep(new_params, params)
-            new_opt = keep(new_opt, state["opt_state"])
+        # Both NaN policies keep the state finite; "stop" also halts on the host.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_params = keep(new_params, params)
+        new_opt = keep(new_opt, state["opt_state"])
         step = state["step"]
         new_state = {
             "step": step + 1,
