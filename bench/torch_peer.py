@@ -39,7 +39,7 @@ window. FLOPs per token are the backbone's share of promethios_jax/flops.py's fo
 
 Output: a table, then as the last line one JSON object with the JAX bench's keys
 (tokens_per_s, step_time_s, device_kind, mfu, ...). This file is a script: it imports
-nothing from promethios_jax except what the config file itself imports.
+nothing from promethios_jax but the config schema and the jax-free FLOP formulas.
 """
 from __future__ import annotations
 
@@ -57,13 +57,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the config files import promethios_jax.config
     sys.path.insert(0, str(REPO))
 
-# Dense bf16 peak TFLOP/s per device, as promethios_jax/flops.py (tests check they agree).
-PEAK_TFLOPS_BF16 = (
-    ("h200", 989.0),
-    ("h100 pcie", 756.0),
-    ("h100", 989.0),
-    ("a100", 312.0),
-)
+from promethios_jax import flops  # noqa: E402  (jax-free: the peak table lives in one place)
+
 NUM_BATCHES = 2
 FLAGS = flags.FLAGS
 
@@ -103,14 +98,6 @@ def backbone_matmul_params(m) -> int:
 def backbone_flops_per_token(m, seq_len: int) -> float:
     """flops.model_flops_per_token without the telemetry encoder: 6 N + causal attention."""
     return 6.0 * backbone_matmul_params(m) + 6.0 * m.n_layers * seq_len * m.n_heads * head_dim(m)
-
-
-def peak_tflops(device_kind: str) -> float | None:
-    kind = device_kind.lower()
-    for key, tflops in PEAK_TFLOPS_BF16:
-        if key in kind:
-            return tflops
-    return None
 
 
 def llama_config(m, attn_implementation: str = "sdpa"):
@@ -247,7 +234,7 @@ def run_peer(config, steps=10, repeats=5, warmup=3, precision="auto", compile_mo
     tps = tokens_per_step / step_time
     fpt = backbone_flops_per_token(m, length)
     device_kind = torch.cuda.get_device_name(dev) if cuda else "cpu"
-    peak = float(config.monitor.get("peak_tflops", 0.0) or 0.0) or peak_tflops(device_kind)
+    peak = flops.resolve_peak_tflops(config.monitor, device_kind)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "tokens_per_s": tps,
