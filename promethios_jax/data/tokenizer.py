@@ -244,15 +244,32 @@ def train_sentencepiece(data_dir, out_prefix, vocab_size: int = 4000, split: str
     return out_prefix + ".model"
 
 
+def is_hf_tokenizer(spec: str) -> bool:
+    """Whether `config.data.tokenizer` names a Hugging Face tokenizer: a directory, a
+    `*.json` file, or a base's `tokenizer.model` (our trained SentencePiece models are
+    named after their prefix)."""
+    p = Path(spec)
+    return p.is_dir() or p.suffix == ".json" or p.name == "tokenizer.model" or spec.endswith(("/", "\\"))
+
+
 def build_tokenizer(config):
-    """The tokenizer named by `config.data.tokenizer` ("byte" or a SentencePiece model file),
-    checked against `config.model.vocab_size`."""
+    """The tokenizer named by `config.data.tokenizer` ("byte", a SentencePiece model file
+    trained here, or a Hugging Face tokenizer directory/file), checked against
+    `config.model.vocab_size`."""
     kind = config.data.tokenizer
-    tok = ByteTokenizer() if kind == "byte" else SentencePieceTokenizer(kind)
+    if kind == "byte":
+        tok = ByteTokenizer()
+    elif is_hf_tokenizer(kind):
+        from promethios_jax.data.hf_tokenizer import HFTokenizer  # it builds on this module
+
+        tok = HFTokenizer(kind)
+    else:
+        tok = SentencePieceTokenizer(kind)
     if tok.vocab_size > config.model.vocab_size:
+        need = getattr(tok, "padded_vocab_size", tok.vocab_size)
         raise TokenizerError(
             f"config.model.vocab_size={config.model.vocab_size} is smaller than the {tok.vocab_size} ids "
-            f"the {tok.name} tokenizer uses; raise it to at least {tok.vocab_size}")
+            f"the {tok.name} tokenizer uses; raise it to at least {need}")
     return tok
 
 
