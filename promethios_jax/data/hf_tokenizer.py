@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from promethios_jax.data.tokenizer import _TAG_RE, TokenizerError, canonical_tag, control_pieces
+from promethios_jax.data.tokenizer import (_TAG_RE, TokenizerError, canonical_tag, control_pieces,
+                                            encode_around_tags)
 
 VOCAB_MULTIPLE = 128
 TOKENIZER_JSON = "tokenizer.json"
@@ -196,16 +197,7 @@ class HFTokenizer:
         """int32 ids of `text`; tags (bucketed) and <bos>/<eos>/<assess>/<pad> become single ids."""
         if self.kind == "tokenizers":  # added tokens split the text inside the library
             return np.asarray(self._base.encode(_TAG_RE.sub(self._piece, text)), np.int32)
-        ids, pos = [], 0
-        for m in _TAG_RE.finditer(text):
-            if m.start() > pos:
-                ids += self._base.encode(text[pos:m.start()])
-            piece = self._piece(m)
-            ids.append(self._special_ids[m.group(3)] if m.group(3) else self._gov[piece])
-            pos = m.end()
-        if pos < len(text):
-            ids += self._base.encode(text[pos:])
-        return np.asarray(ids, np.int32)
+        return encode_around_tags(text, self._base.encode, self._special_ids, self._gov)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()

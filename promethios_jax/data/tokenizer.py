@@ -75,6 +75,23 @@ def canonical_tag(key: str, value: str) -> str:
     return f"<gov:{key}={value}>"
 
 
+def encode_around_tags(text: str, encode_plain, special: dict, gov: dict) -> np.ndarray:
+    """int32 ids of `text`: the runs between tags through `encode_plain`, each tag one id
+    (`special[name]` for <bos>/<eos>/<assess>/<pad>, `gov[canonical piece]` otherwise)."""
+    ids, pos = [], 0
+    for m in _TAG_RE.finditer(text):
+        if m.start() > pos:
+            ids += encode_plain(text[pos:m.start()])
+        tid = special[m.group(3)] if m.group(3) else gov.get(canonical_tag(m.group(1), m.group(2)))
+        if tid is None:
+            raise TokenizerError(f"unknown governance tag {m.group(0)}")
+        ids.append(tid)
+        pos = m.end()
+    if pos < len(text):
+        ids += encode_plain(text[pos:])
+    return np.asarray(ids, np.int32)
+
+
 class ByteTokenizer:
     """UTF-8 bytes plus special and governance control tokens; downloads nothing."""
 
@@ -177,19 +194,7 @@ class SentencePieceTokenizer:
         self.fingerprint = "spm-" + hashlib.sha1(blob).hexdigest()[:16]
 
     def encode_array(self, text: str) -> np.ndarray:
-        ids, pos = [], 0
-        for m in _TAG_RE.finditer(text):
-            if m.start() > pos:
-                ids += self._sp.encode(text[pos:m.start()])
-            tid = self._special[m.group(3)] if m.group(3) else \
-                self._gov.get(canonical_tag(m.group(1), m.group(2)))
-            if tid is None:
-                raise TokenizerError(f"unknown governance tag {m.group(0)}")
-            ids.append(tid)
-            pos = m.end()
-        if pos < len(text):
-            ids += self._sp.encode(text[pos:])
-        return np.asarray(ids, np.int32)
+        return encode_around_tags(text, self._sp.encode, self._special, self._gov)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
