@@ -92,7 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.num_examples = 10000
     d.seed = 0
     d.heldout_fraction = 0.03
-    d.tokenizer = "byte"  # "byte" or a path to a SentencePiece model file
+    # "byte", a SentencePiece model file trained here, or a Hugging Face tokenizer (a
+    # directory with tokenizer.json / tokenizer.model, or the file): see data/hf_tokenizer.py.
+    d.tokenizer = "byte"
+    d.chat_template = False  # format prompts with the HF tokenizer's chat template
     d.max_segments_per_row = 8
     d.shuffle_seed = 0
     d.worker_count = 0  # Grain worker processes for prefetch; 0 keeps it in-process
@@ -100,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = t = ml_collections.ConfigDict()
     t.steps = 300
+    t.epochs = 0.0  # > 0: the step count is derived from the packed rows per epoch (stages.py)
+    t.schedule = "cosine"  # after warm-up: cosine | linear | constant
+    t.trainable = "all"  # what trains: all | groups joined by "+" (trainable.py)
     t.global_batch_size = 16
     t.grad_accum_steps = 1
     t.learning_rate = 3e-3
@@ -109,10 +115,14 @@ def base_config() -> ml_collections.ConfigDict:
     t.b1 = 0.9
     t.b2 = 0.95
     t.eps = 1e-8
+    t.moments_dtype = "float32"  # Adam moments: float32 | bfloat16 (saves 4 bytes per parameter)
     t.grad_clip = 1.0
     t.seed = 0
     t.log_every = 10
     t.nan_policy = "stop"  # "stop" | "skip"
+
+    # Training stages, run in order (stages.py); empty: one stage from config.train.
+    c.stages = ()
 
     c.mesh = mesh = ml_collections.ConfigDict()
     mesh.data = -1

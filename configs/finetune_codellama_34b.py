@@ -1,0 +1,54 @@
+"""Fine-tune CodeLlama-34B-Instruct into a governance model: the production package's
+base, on its 50,000 scenarios (3 epochs, learning rate 5e-5, effective batch 256).
+
+Shapes from the base's public config.json: vocabulary 32,000, d_model 8192, 48 layers,
+64 heads with 8 KV heads, d_ff 22016, RoPE theta 1e6, RMS eps 1e-5, untied.
+vocab_size: 32,000 + <pad>, <assess> and 121 control tokens = 32,123, rounded up to a
+multiple of 128: 32,128.
+
+Memory: full fine-tuning keeps fp32 master weights, gradients and two Adam moments,
+about 16 bytes per parameter: 34B x 16 B / 8 GPUs = 68 GB per GPU before activations,
+more than an 80 GB GPU leaves. The lever used here is bfloat16 Adam moments
+(`train.moments_dtype`), 12 bytes per parameter; `--dry_run` prints the figure.
+Import and train as in configs/finetune_llama3_8b.py.
+"""
+from promethios_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    m = c.model
+    m.vocab_size = 32128
+    m.d_model = 8192
+    m.n_layers = 48
+    m.n_heads = 64
+    m.n_kv_heads = 8
+    m.d_ff = 22016
+    m.rope_theta = 1e6
+    m.norm_eps = 1e-5
+    m.tie_embeddings = False
+    m.max_seq_len = 2048  # the scenarios are short; the base's 16,384 would only add padding
+    m.compute_dtype = "bfloat16"
+    m.attention_impl = "cudnn"
+    m.remat_policy = "full"
+    m.anchor_layers = (16, 32, 48)  # the seeds' 8/16/24 of 24 layers, scaled to 48
+    m.uncertainty_layers = (36, 48)
+    m.tool_layers = (40, 48)
+    m.telemetry_hidden = 1024
+    m.head_hidden = 1024
+
+    c.data.num_examples = 50000
+    c.data.chat_template = True
+
+    t = c.train
+    t.epochs = 3.0
+    t.global_batch_size = 256  # 8 devices x 1 row x 32 accumulation steps
+    t.grad_accum_steps = 32
+    t.learning_rate = 5e-5
+    t.warmup_steps = 30
+    t.min_lr_ratio = 0.1
+    t.weight_decay = 0.0
+    t.moments_dtype = "bfloat16"
+    c.checkpoint.every_steps = 100
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    return c
