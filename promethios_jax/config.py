@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.tokenizer = "byte"
     d.chat_template = False  # format prompts with the HF tokenizer's chat template
     d.max_segments_per_row = 8
+    d.mix = ()  # ((category, weight), ...): a stage's category mix (set by stages.py); empty: as generated
     d.shuffle_seed = 0
     d.worker_count = 0  # Grain worker processes for prefetch; 0 keeps it in-process
     d.prefetch_buffer_size = 2

@@ -33,6 +33,7 @@ import numpy as np
 
 from promethios_jax import trainable
 from promethios_jax.data import schema
+from promethios_jax.data.pipeline import PackedRows
 
 SCHEDULES = ("cosine", "linear", "constant")
 STAGE_KEYS = ("name", "steps", "epochs", "learning_rate", "schedule", "warmup_steps", "min_lr_ratio", "loss",
@@ -170,6 +171,7 @@ def stage_config(config, stage: Stage, index: int):
         c.train.schedule = stage.schedule
         c.train.trainable = stage.trains
     c.data.shuffle_seed = int(config.data.shuffle_seed) + index
+    c.data.mix = stage.data_mix
     return c
 
 
@@ -258,44 +260,7 @@ def make_schedule(kind: str, peak: float, warmup_steps: int, total_steps: int, m
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-# ---------------------------------------------------------------------------------------
-# Data mix
-
-
-def mix_epoch(categories: Sequence[str], mix: Sequence[tuple], seed: int, epoch: int) -> np.ndarray:
-    """One epoch's example indices under a category mix: as many examples as the split
-    has, category c taking the share weight_c / sum of weights, drawn without
-    replacement from a seeded permutation of its examples (cycled when the share is
-    larger than the category). Categories with weight 0 are left out."""
-    categories = np.asarray(categories)
-    n = len(categories)
-    weights = dict(mix)
-    total = sum(weights.values())
-    present = {c: np.flatnonzero(categories == c) for c in weights if weights[c] > 0}
-    empty = [c for c, idx in present.items() if len(idx) == 0]
-    if empty:
-        raise StageError(f"data_mix asks for category {empty[0]!r}, which the training split does not hold")
-    # Largest remainder, so the shares add up to n exactly.
-    exact = {c: n * weights[c] / total for c in present}
-    counts = {c: int(math.floor(x)) for c, x in exact.items()}
-    for c in sorted(exact, key=lambda c: counts[c] - exact[c])[:n - sum(counts.values())]:
-        counts[c] += 1
-    rng = np.random.default_rng([int(seed), int(epoch), 7])
-    parts = []
-    for c in schema.CATEGORIES:
-        if c not in present:
-            continue
-        pool = present[c]
-        reps = -(-counts[c] // len(pool))
-        order = np.concatenate([rng.permutation(pool) for _ in range(reps)]) if reps else pool[:0]
-        parts.append(order[:counts[c]])
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def epoch_rows(lengths: np.ndarray, config, n_epochs: int) -> list[int]:
-    """Rows the pipeline packs in each of the first `n_epochs` epochs (`lengths` as from
-    `data.pipeline.fitted_lengths`)."""
-    from promethios_jax.data.pipeline import pack_plan
-
-    return [len(pack_plan(lengths, int(config.data.shuffle_seed), e, int(config.model.max_seq_len),
-                          int(config.data.max_segments_per_row))[1]) - 1 for e in range(int(n_epochs))]
+def epoch_rows(rows: PackedRows, n_epochs: int) -> list[int]:
+    """Rows the pipeline packs in each of the first `n_epochs` epochs (a stage's
+    `data.pipeline.PackedRows`: its seed, mix and lengths)."""
+    return [rows.rows_in_epoch(e) for e in range(int(n_epochs))]

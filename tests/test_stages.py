@@ -5,7 +5,8 @@ import pytest
 
 from promethios_jax import stages
 from promethios_jax.config import base_config
-from promethios_jax.data import pipeline, schema
+from promethios_jax.data import generate, pipeline, schema
+from promethios_jax.data.mix import mix_epoch
 from promethios_jax.stages import StageError
 from tests.util import small_config
 
@@ -91,14 +92,12 @@ def test_steps_for_epochs_counts_packed_rows_exactly():
 def test_one_epoch_of_steps_covers_the_pipeline_epoch(tmp_path):
     c = small_config()
     c.data.num_examples = 120
-    from promethios_jax.data import generate
-
     generate.generate_dataset(str(tmp_path), 120, 0, 0.05)
     lengths, _ = pipeline.fitted_lengths(str(tmp_path), c)
-    rows = stages.epoch_rows(lengths, c, 2)
+    packed = pipeline.PackedRows(str(tmp_path), c, lengths)
+    rows = stages.epoch_rows(packed, 2)
     g = c.train.global_batch_size
     steps = stages.steps_for_epochs(1, rows, g)
-    packed = pipeline.PackedRows(str(tmp_path), c, lengths)
     # The last row of the derived steps is past (or at the end of) epoch 0; one step fewer is not.
     assert packed.locate(steps * g - 1) >= (0, rows[0] - 1)
     assert packed.locate((steps - 1) * g - 1)[0] == 0 and packed.locate((steps - 1) * g - 1)[1] < rows[0] - 1
@@ -133,7 +132,7 @@ def test_mix_epoch_draws_the_asked_shares():
     rng = np.random.default_rng(0)
     cats = np.array(schema.CATEGORIES)[rng.integers(0, len(schema.CATEGORIES), 700)]
     mix = tuple((c, {"trust_management": 3.0, "constitutional": 1.0}.get(c, 0.0)) for c in schema.CATEGORIES)
-    idx = stages.mix_epoch(cats, mix, seed=0, epoch=0)
+    idx = mix_epoch(cats, mix, seed=0, epoch=0)
     assert len(idx) == 700
     picked = cats[idx]
     assert set(picked) == {"trust_management", "constitutional"}
@@ -141,7 +140,23 @@ def test_mix_epoch_draws_the_asked_shares():
     tm = np.flatnonzero(cats == "trust_management")  # 525 > its ~100 examples: each appears ~5 times
     counts = np.bincount(idx, minlength=700)[tm]
     assert counts.min() >= 525 // len(tm) and counts.max() <= -(-525 // len(tm))
-    np.testing.assert_array_equal(idx, stages.mix_epoch(cats, mix, seed=0, epoch=0))
-    assert not np.array_equal(idx, stages.mix_epoch(cats, mix, seed=0, epoch=1))
-    with pytest.raises(StageError, match="does not hold"):
-        stages.mix_epoch(cats[cats != "constitutional"], mix, 0, 0)
+    np.testing.assert_array_equal(idx, mix_epoch(cats, mix, seed=0, epoch=0))
+    assert not np.array_equal(idx, mix_epoch(cats, mix, seed=0, epoch=1))
+    with pytest.raises(pipeline.DataError, match="does not hold"):
+        mix_epoch(cats[cats != "constitutional"], mix, 0, 0)
+
+
+def test_a_stage_mix_reaches_the_packed_rows(tmp_path):
+    generate.generate_dataset(str(tmp_path), 140, 0, 0.05)
+    c = small_config()
+    stage = stages.parse_stages(_with_stages(c, [{"name": "trust", "steps": 2, "data_mix": {
+        "trust_management": 3.0, "collaboration": 1.0}}]))[0]
+    sc = stages.stage_config(c, stage, 0)
+    lengths, _ = pipeline.fitted_lengths(str(tmp_path), sc)
+    packed = pipeline.PackedRows(str(tmp_path), sc, lengths)
+    cats = pipeline.example_categories(str(tmp_path))
+    seen = np.concatenate([packed.examples(r) for r in range(packed.rows_in_epoch(0))])
+    assert set(cats[seen]) == {"trust_management", "collaboration"}
+    assert 2.5 < (cats[seen] == "trust_management").sum() / (cats[seen] == "collaboration").sum() < 3.5
+    plain = pipeline.PackedRows(str(tmp_path), c, lengths)
+    assert len(set(cats[np.concatenate([plain.examples(r) for r in range(plain.rows_in_epoch(0))])])) == 7

@@ -189,14 +189,17 @@ def _place(out: dict, row: int, slot: int, offset: int, seg_id: int, rec: dict, 
 
 
 def pack_plan(lengths: np.ndarray, seed: int, epoch: int, max_len: int, max_segments: int,
-              window: int = PACK_WINDOW) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch's rows as CSR (members, row_starts): first-fit over a seeded shuffle.
+              window: int = PACK_WINDOW, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's rows as CSR (members, row_starts): first-fit over a seeded shuffle, or
+    over `order` (an epoch's example indices, repeats allowed: a category mix).
 
     `lengths[i] <= 0` marks an example that is skipped. Rows are numbered in the order
     they open; members keep their insertion order.
     """
     lengths = np.asarray(lengths)
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(lengths))
+    if order is None:
+        order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(lengths))
+    order = np.asarray(order, np.int64)
     order = order[lengths[order] > 0]
     lens = lengths.tolist()
     min_len = int(lengths[lengths > 0].min()) if len(order) else 1
@@ -234,6 +237,9 @@ class PackedRows:
         self.max_segments = int(config.data.max_segments_per_row)
         self.seed = int(config.data.shuffle_seed)
         self.lengths = lengths
+        # A stage's category mix (stages.py): the epoch's examples come from data/mix.py.
+        self.mix = tuple(tuple(x) for x in config.data.get("mix", ()))
+        self.categories = example_categories(data_dir) if self.mix else None
         self._tokenizer_config = config
         self._init_runtime()
 
@@ -269,11 +275,18 @@ class PackedRows:
     def _plan(self, epoch: int):
         plan = self._plans.get(epoch)
         if plan is None:
-            plan = pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments)
+            from promethios_jax.data import mix  # TODO(after the records split): top-level import
+
+            order = mix.mix_epoch(self.categories, self.mix, self.seed, epoch) if self.mix else None
+            plan = pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments, order=order)
             if len(self._plans) >= 4:
                 self._plans.pop(min(self._plans))
             self._plans[epoch] = plan
         return plan
+
+    def rows_in_epoch(self, epoch: int) -> int:
+        with self._lock:
+            return len(self._plan(epoch)[1]) - 1
 
     def locate(self, row: int) -> tuple[int, int]:
         """(epoch, row within the epoch) of a global row."""
@@ -302,6 +315,12 @@ class PackedRows:
                                 "the shards changed after the iterator was built")
             offset += _place(out, 0, slot, offset, slot + 1, rec, *fitted)
         return {k: v[0] for k, v in out.items()}
+
+
+def example_categories(data_dir, split: str = "train") -> np.ndarray:
+    """The capability category of every example of a split, in file order."""
+    records = ShardedRecords(data_dir, split)
+    return np.array([records[i]["category"] for i in range(len(records))])
 
 
 def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
