@@ -137,3 +137,30 @@ def test_config_names_the_tokenizer_and_errors_are_clear(base, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(TokenizerError, match="not a tokenizers file"):
         HFTokenizer(tmp_path / "bad.json")
+
+
+def test_chat_template_formats_the_prompt(base, tmp_path):
+    hf_dir, data = base
+    c = base_config()
+    c.model.vocab_size = 640
+    c.data.tokenizer = str(hf_dir)
+    c.data.chat_template = True
+    tok = tokenizer_lib.build_tokenizer(c)
+    plain = HFTokenizer(hf_dir)
+    assert tok.fingerprint != plain.fingerprint  # the length cache must not mix the two
+    rec = load_split(data, "train")[0]
+    prompt, response = tokenizer_lib.encode_example_arrays(rec, tok)
+    hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    rendered = hf.apply_chat_template([{"role": "user", "content": _TAG_RE.sub(tok._piece, rec["prompt"])}],
+                                      add_generation_prompt=True, tokenize=False)
+    assert prompt.tolist() == tok.encode(rendered) + [tok.assess_id]
+    assert prompt[0] == tok.bos_id and prompt.tolist().count(tok.bos_id) == 1
+    assert response.tolist() == plain.encode(rec["response"]) + [tok.eos_id]
+    no_template = tmp_path / "plain"
+    make_hf_tokenizer(no_template, data, vocab_size=500, chat_template=False)
+    c.data.tokenizer = str(no_template)
+    with pytest.raises(TokenizerError, match="ships no chat template"):
+        tokenizer_lib.build_tokenizer(c)
+    c.data.tokenizer = "byte"
+    with pytest.raises(TokenizerError, match="chat_template=True needs a Hugging Face tokenizer"):
+        tokenizer_lib.build_tokenizer(c)

@@ -146,8 +146,9 @@ class HFTokenizer:
 
     name = "hf"
 
-    def __init__(self, path):
+    def __init__(self, path, use_chat_template: bool = False):
         self.path = Path(path)
+        self.use_chat_template = bool(use_chat_template)
         self.file, cfg_file = resolve_files(path)
         self.tokenizer_config = json.loads(cfg_file.read_text()) if cfg_file else {}
         self.kind = "tokenizers" if self.file.suffix == ".json" else "sentencepiece"
@@ -177,8 +178,11 @@ class HFTokenizer:
         self._control[list(self._gov.values())] = True
         self._piece_of = {i: p for p, i in self._gov.items()}
         self._piece_of[self.assess_id] = "<assess>"
+        if self.use_chat_template and self.chat_template is None:
+            raise TokenizerError(f"config.data.chat_template=True but {self.path} ships no chat template "
+                                 f"({TOKENIZER_CONFIG} chat_template or {CHAT_TEMPLATE_FILE})")
         digest = hashlib.sha1(self.file.read_bytes())
-        digest.update(json.dumps([special, missing]).encode())
+        digest.update(json.dumps([special, missing, self.use_chat_template and self.chat_template]).encode())
         self.fingerprint = "hf-" + digest.hexdigest()[:16]
 
     # ----- the tokenizer interface (as ByteTokenizer / SentencePieceTokenizer) ----------

@@ -267,9 +267,12 @@ def build_tokenizer(config):
     elif is_hf_tokenizer(kind):
         from promethios_jax.data.hf_tokenizer import HFTokenizer  # it builds on this module
 
-        tok = HFTokenizer(kind)
+        tok = HFTokenizer(kind, use_chat_template=bool(config.data.get("chat_template", False)))
     else:
         tok = SentencePieceTokenizer(kind)
+    if config.data.get("chat_template", False) and not getattr(tok, "use_chat_template", False):
+        raise TokenizerError(f"config.data.chat_template=True needs a Hugging Face tokenizer with a chat template; "
+                             f"config.data.tokenizer={kind!r} is not one")
     if tok.vocab_size > config.model.vocab_size:
         need = getattr(tok, "padded_vocab_size", tok.vocab_size)
         raise TokenizerError(
@@ -279,11 +282,18 @@ def build_tokenizer(config):
 
 
 def encode_example_arrays(example: dict, tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """(prompt ids, response ids) as int32 arrays: <bos> prompt <assess> | response <eos>."""
-    p = tokenizer.encode_array(example["prompt"])
+    """(prompt ids, response ids) as int32 arrays: <bos> prompt <assess> | response <eos>.
+
+    A tokenizer with a chat template in use (`config.data.chat_template`) renders the
+    prompt as one user turn and the assistant's header (its <bos> included) instead."""
+    if getattr(tokenizer, "use_chat_template", False):
+        p = tokenizer.encode_array(tokenizer.apply_chat_template(example["prompt"]))
+        prompt = np.append(p, np.int32(tokenizer.assess_id)).astype(np.int32)
+    else:
+        p = tokenizer.encode_array(example["prompt"])
+        prompt = np.empty(len(p) + 2, np.int32)
+        prompt[0], prompt[1:-1], prompt[-1] = tokenizer.bos_id, p, tokenizer.assess_id
     r = tokenizer.encode_array(example["response"])
-    prompt = np.empty(len(p) + 2, np.int32)
-    prompt[0], prompt[1:-1], prompt[-1] = tokenizer.bos_id, p, tokenizer.assess_id
     response = np.empty(len(r) + 1, np.int32)
     response[:-1], response[-1] = r, tokenizer.eos_id
     return prompt, response
