@@ -164,3 +164,15 @@ def test_chat_template_formats_the_prompt(base, tmp_path):
     c.data.tokenizer = "byte"
     with pytest.raises(TokenizerError, match="chat_template=True needs a Hugging Face tokenizer"):
         tokenizer_lib.build_tokenizer(c)
+
+
+def test_vocab_plan_for_checkpoints_with_and_without_padding_rows(tok):
+    from promethios_jax.data.hf_tokenizer import vocab_plan
+
+    n = tok.vocab_size  # 500 base ids + the added pieces
+    p = vocab_plan(tok, 500)
+    assert (p.base_rows, p.rows, p.mean_rows, p.reset_ids) == (500, round_vocab(n), 500, ())
+    p = vocab_plan(tok, 512)  # a checkpoint padded to 512 rows: added ids 500..511 land in unused rows
+    assert p.rows == round_vocab(n) and p.mean_rows == 500 and p.reset_ids == tuple(range(500, 512))
+    p = vocab_plan(tok, 700)
+    assert p.rows == 768 and p.reset_ids == tuple(range(500, n))

@@ -20,6 +20,7 @@ tokenizer (`save_pretrained`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -70,6 +71,26 @@ def resolve_files(path) -> tuple[Path, Path | None]:
                              f"SentencePiece {TOKENIZER_MODEL}")
     cfg = file.parent / TOKENIZER_CONFIG
     return file, (cfg if cfg.is_file() else None)
+
+
+def ships_tokenizer(hf_dir) -> bool:
+    return any((Path(hf_dir) / n).is_file() for n in (TOKENIZER_JSON, TOKENIZER_MODEL))
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabPlan:
+    """How a checkpoint's embedding rows become the rows the tokenizer needs."""
+    base_rows: int  # rows in the checkpoint
+    rows: int  # rows after growth: the ids used, rounded up to a multiple of 128
+    mean_rows: int  # the rows whose mean seeds the new ones (the base tokenizer's)
+    reset_ids: tuple  # added ids that fall inside the checkpoint's unused padding rows
+
+
+def vocab_plan(tok: "HFTokenizer", base_rows: int) -> VocabPlan:
+    mean_rows = min(tok.base_vocab_size, base_rows)
+    added = sorted(tok._base.token_to_id(p) for p in tok.added_pieces)
+    return VocabPlan(base_rows=int(base_rows), rows=round_vocab(max(tok.vocab_size, base_rows)),
+                     mean_rows=mean_rows, reset_ids=tuple(i for i in added if mean_rows <= i < base_rows))
 
 
 def _token_content(value) -> str | None:
