@@ -107,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.epochs = 0.0  # > 0: the step count is derived from the packed rows per epoch (stages.py)
     t.schedule = "cosine"  # after warm-up: cosine | linear | constant
     t.trainable = "all"  # what trains: all | groups joined by "+" (trainable.py)
+    t.stage_start = 0  # set per stage by stages.py: the global step the schedule counts from
     t.global_batch_size = 16
     t.grad_accum_steps = 1
     t.learning_rate = 3e-3

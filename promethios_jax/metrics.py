@@ -83,6 +83,18 @@ class MetricsWriter:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
 
+    def write_event(self, step: int, event: str, **fields) -> None:
+        """A marker (e.g. a stage boundary): one JSON line `{"step", "time", "event", fields...}`
+        and a TensorBoard text entry under `event` at that step."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": round(time.time(), 3), "event": event, **fields}
+        self._tb.add_text(event, ", ".join(f"{k}: {v}" for k, v in fields.items()), int(step))
+        self._tb.flush()
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+
     def write_text(self, tag: str, text: str, step: int = 0) -> None:
         if self.enabled:
             self._tb.add_text(tag, text, step)

@@ -264,3 +264,47 @@ def epoch_rows(rows: PackedRows, n_epochs: int) -> list[int]:
     """Rows the pipeline packs in each of the first `n_epochs` epochs (a stage's
     `data.pipeline.PackedRows`: its seed, mix and lengths)."""
     return [rows.rows_in_epoch(e) for e in range(int(n_epochs))]
+
+
+# ---------------------------------------------------------------------------------------
+# The run's plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The stages with their step counts and the config each trains with
+    (`configs[k].train.steps` is stage k's step count, `train.stage_start` its first step)."""
+    stages: tuple
+    steps: tuple
+    configs: tuple
+
+    @property
+    def total_steps(self) -> int:
+        return int(sum(self.steps))
+
+    def start(self, k: int) -> int:
+        return int(sum(self.steps[:k]))
+
+    def locate(self, step: int) -> tuple[int, int]:
+        return locate(step, self.steps)
+
+    def stage_of_state(self, step: int) -> int:
+        return stage_of_state(step, self.steps)
+
+
+def make_plan(config, lengths: np.ndarray | None = None, data_dir=None) -> Plan:
+    """The stages of `config`, their steps (epochs counted on the packed rows of `data_dir`,
+    whose fitted `lengths` are given) and per-stage configs."""
+    stage_list = parse_stages(config)
+    configs = [stage_config(config, s, i) for i, s in enumerate(stage_list)]
+
+    def rows_per_epoch(i, stage, n):
+        if lengths is None:
+            raise StageError(f"stage {stage.name!r} counts epochs: the plan needs the data")
+        return epoch_rows(PackedRows(data_dir, configs[i], lengths), n)
+
+    steps = resolve_steps(stage_list, int(config.train.global_batch_size), rows_per_epoch)
+    for i, (c, n) in enumerate(zip(configs, steps)):
+        c.train.steps = int(n)
+        c.train.stage_start = int(sum(steps[:i]))
+    return Plan(tuple(stage_list), tuple(int(n) for n in steps), tuple(configs))

@@ -160,3 +160,20 @@ def test_a_stage_mix_reaches_the_packed_rows(tmp_path):
     assert 2.5 < (cats[seen] == "trust_management").sum() / (cats[seen] == "collaboration").sum() < 3.5
     plain = pipeline.PackedRows(str(tmp_path), c, lengths)
     assert len(set(cats[np.concatenate([plain.examples(r) for r in range(plain.rows_in_epoch(0))])])) == 7
+
+
+def test_plan_gives_each_stage_its_config_and_steps(tmp_path):
+    generate.generate_dataset(str(tmp_path), 120, 0, 0.05)
+    c = _with_stages(small_config(), [{"name": "a", "steps": 3}, {"name": "b", "epochs": 1, "trains": "heads"},
+                                      {"name": "e", "evaluate": True}])
+    with pytest.raises(StageError, match="'b' counts epochs"):
+        stages.make_plan(c)
+    lengths, _ = pipeline.fitted_lengths(str(tmp_path), c)
+    plan = stages.make_plan(c, lengths, str(tmp_path))
+    rows = pipeline.PackedRows(str(tmp_path), plan.configs[1], lengths).rows_in_epoch(0)
+    assert plan.steps == (3, -(-rows // 8), 0) and plan.total_steps == 3 + plan.steps[1]
+    assert [x.train.steps for x in plan.configs] == list(plan.steps)
+    assert [x.train.stage_start for x in plan.configs] == [0, 3, plan.total_steps]
+    assert plan.configs[1].train.trainable == "heads" and plan.locate(3) == (1, 0)
+    single = stages.make_plan(small_config())
+    assert single.steps == (6,) and single.configs[0].train.steps == 6
