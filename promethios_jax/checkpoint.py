@@ -28,9 +28,17 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from promethios_jax import sharding
+from promethios_jax import state as state_lib
+from promethios_jax import workdir as workdir_lib
+from promethios_jax.workdir import WorkdirError, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +50,8 @@ STREAM_KEYS = (("model", "max_seq_len"), ("data", "max_segments_per_row"), ("dat
 _TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-def checkpoint_dir(workdir) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+class CheckpointError(WorkdirError):
+    """A checkpoint that cannot be restored as asked (shape mismatch, none readable, unknown step)."""
 
 
 def _primary() -> bool:
@@ -67,8 +71,6 @@ def _note(msg: str) -> None:
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -76,8 +78,6 @@ def _all_true(ok: bool) -> bool:
     """True on every process iff `ok` holds on every process (one host: `ok`)."""
     if jax.process_count() == 1:
         return ok
-    from jax.experimental import multihost_utils
-
     return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
@@ -176,8 +176,6 @@ FINGERPRINT_ALGORITHM = "u32-odd-weighted-sum-v1"
 def _index_weights(shape):
     """2 * (row-major linear index) + 1 mod 2**32, from broadcast iotas: no reshape, so a
     sharded array stays sharded as it is."""
-    import jax.numpy as jnp
-
     idx = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for d in reversed(range(len(shape))):
@@ -187,8 +185,6 @@ def _index_weights(shape):
 
 
 def _leaf_fingerprint(x):
-    import jax.numpy as jnp
-
     x = jnp.asarray(x)
     if x.dtype == jnp.bool_:
         u = x.astype(jnp.uint32)
@@ -211,8 +207,6 @@ def _leaf_fingerprint(x):
 
 @jax.jit
 def _fingerprints(tree):
-    import jax.numpy as jnp
-
     leaves = jax.tree.leaves(tree)
     return jnp.stack([_leaf_fingerprint(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.uint32)
 
@@ -433,29 +427,6 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | N
     return None
 
 
-def read_config(workdir, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
-    """The resolved config saved with a checkpoint (the newest, or `step`)."""
-    cdir = checkpoint_dir(workdir)
-    if not cdir.is_dir():
-        raise CheckpointError(f"no checkpoints in {workdir}: {cdir} does not exist (train first)")
-    steps = sorted(int(p.name) for p in cdir.iterdir() if p.name.isdigit())
-    if not steps:
-        raise CheckpointError(f"no checkpoints in {cdir} (train first)")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(f"no checkpoint for step {step} in {cdir}; available: {steps}")
-    path = cdir / str(step) / "config" / "metadata"
-    if not path.exists():
-        cands = list((cdir / str(step) / "config").glob("*"))
-        path = cands[0] if cands else path
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint step {step}: cannot read its config ({path}): {e}") from e
-    return ml_collections.ConfigDict(cfg), step
-
-
 def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     """Builds the model from a workdir's checkpoint: returns (model, config).
 
@@ -466,10 +437,9 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     """
     if step is not None:
         return _load_step(workdir, step, mesh_shape)
-    cdir = checkpoint_dir(workdir)
-    steps = sorted((int(p.name) for p in cdir.iterdir() if p.name.isdigit()), reverse=True) if cdir.is_dir() else []
+    steps = workdir_lib.checkpoint_steps(workdir)[::-1]
     if not steps:
-        read_config(workdir)  # raises the "train first" error
+        workdir_lib.read_config(workdir)  # raises the "train first" error
     for i, s in enumerate(steps):
         try:
             return _load_step(workdir, s, mesh_shape)
@@ -486,45 +456,32 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
 
 
 def _load_step(workdir, step: int, mesh_shape: dict | None):
-    from flax import nnx
-
-    from promethios_jax import sharding
-    from promethios_jax.model import GovernanceTransformer
-
-    config, step = read_config(workdir, step)
+    try:
+        config, step = workdir_lib.read_config(workdir, step)
+    except WorkdirError as e:
+        raise CheckpointError(str(e)) from e
     config.mesh.update(mesh_shape or {"data": 1, "fsdp": -1, "tensor": 1})
     mesh = sharding.make_mesh(config)
-    abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
-    graphdef, abs_state = nnx.split(abstract, nnx.Param)
-    abs_params = nnx.to_pure_dict(abs_state)
-    specs = sharding.param_specs(abs_params, nnx.to_pure_dict(nnx.get_partition_spec(abs_state)),
-                                 config.sharding.rules, mesh)
-    shardings = sharding.to_named(specs, mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
+    params = state_lib.abstract_params(config, mesh)
+    target = params.shapes
 
     # Only the params are read (partial restore): eval never pays for the optimizer state.
-    step_dir = checkpoint_dir(workdir) / str(step)
+    step_dir = workdir_lib.step_dir(workdir, step)
     state_dir = step_dir / "state"
     with ocp.PyTreeCheckpointer() as reader:
         tree = reader.metadata(state_dir).item_metadata.tree
-        problems = _shape_mismatches(tree.get("params", {}), abs_params)
+        problems = _shape_mismatches(tree.get("params", {}), target)
         if problems:
             raise CheckpointError(
                 f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
-        params = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+        restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
             item={"params": target},
             restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
             partial_restore=True))["params"]
     integrity = step_dir / "integrity" / "metadata"
     if integrity.exists():
-        _verify({"params": params}, _expected_fingerprints(json.loads(integrity.read_text())),
+        _verify({"params": restored}, _expected_fingerprints(json.loads(integrity.read_text())),
                 f"checkpoint step {step}")
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(params.graphdef, restored)
     config.lock()
     return model, config
-
-
-def mark_done(workdir, step: int) -> None:
-    tmp = Path(workdir) / ".TRAINING_DONE.tmp"
-    tmp.write_text(json.dumps({"step": int(step)}))
-    os.replace(tmp, Path(workdir) / "TRAINING_DONE")

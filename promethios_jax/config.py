@@ -10,7 +10,7 @@ from typing import Sequence
 
 import ml_collections
 
-# Logical axis → mesh axes. Parameters and activations name logical axes only; this
+# Logical axis → mesh axes. Parameters and the batch name logical axes only; this
 # table (overridable as `config.sharding.rules`) is the single place that maps them.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
@@ -24,7 +24,6 @@ DEFAULT_RULES = (
     ("telemetry", None),
     ("classes", None),
     ("length", None),
-    ("activation_embed", None),
 )
 
 MESH_AXES = ("data", "fsdp", "tensor")

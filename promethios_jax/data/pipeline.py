@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -37,78 +36,15 @@ from pathlib import Path
 import grain
 import numpy as np
 
-from promethios_jax.data import schema
+from promethios_jax.data import batch as batch_lib
+from promethios_jax.data import position, schema
+from promethios_jax.data.records import MANIFEST, DataError, ShardedRecords
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays
 
 log = logging.getLogger(__name__)
 
 PACK_WINDOW = 16  # open rows first-fit considers; older rows are closed
 _ROW_LIMIT = 2 ** 62  # the row stream is infinite; Grain needs a length
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or unusable data; the message names the file or key."""
-
-
-def read_manifest(data_dir) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no manifest; generate the data with "
-                        f"python -m promethios_jax.data.generate --out={data_dir}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable manifest: {e}") from None
-
-
-class ShardedRecords:
-    """Random access to one split's JSON records across its ArrayRecord shards."""
-
-    def __init__(self, data_dir, split: str):
-        manifest = read_manifest(data_dir)
-        shards = manifest.get("shards", {}).get(split)
-        if shards is None:
-            raise DataError(f"{Path(data_dir) / 'manifest.json'}: no split {split!r} "
-                            f"(have {sorted(manifest.get('shards', {}))})")
-        self.split = split
-        self.paths = [str(Path(data_dir) / s["file"]) for s in shards]
-        self._sources = []
-        for path, s in zip(self.paths, shards):
-            if not Path(path).is_file():
-                raise DataError(f"{path}: shard of split {split!r} is missing")
-            try:
-                src = grain.sources.ArrayRecordDataSource([path])
-                n = len(src)
-            except Exception as e:  # array_record raises RuntimeError with the low-level reason
-                raise DataError(f"{path}: cannot open shard: {e}") from None
-            if n != s["records"]:
-                raise DataError(f"{path}: holds {n} records, the manifest says {s['records']}")
-            self._sources.append(src)
-        self._starts = np.cumsum([0] + [s["records"] for s in shards]).tolist()
-
-    def __len__(self) -> int:
-        return self._starts[-1]
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"record {index} outside split {self.split!r} of {len(self)} records")
-        k = bisect.bisect_right(self._starts, index) - 1
-        local = index - self._starts[k]
-        try:
-            raw = self._sources[k][local]
-        except Exception as e:
-            raise DataError(f"{self.paths[k]}: record {local}: cannot read: {e}") from None
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise DataError(f"{self.paths[k]}: record {local}: not a JSON record: {e}") from None
-
-
-def load_split(data_dir, split: str) -> list[dict]:
-    """All records of a split, in file order, as JSON dicts."""
-    recs = ShardedRecords(data_dir, split)
-    return [recs[i] for i in range(len(recs))]
 
 
 def _prefix_len(prompt_ids: np.ndarray, tokenizer) -> int:
@@ -150,21 +86,6 @@ def _labels(rec: dict) -> tuple:
             schema.CONFLICTS.index(lab["conflict"]),
             [float(lab["uncertainty"][k]) for k in schema.UNCERTAINTY_DIMS],
             [float(lab["bias"][k]) for k in schema.BIAS_CATEGORIES])
-
-
-def _empty_rows(b: int, length: int, s: int) -> dict:
-    t = schema.TELEMETRY_DIM
-    z = lambda shape, dt: np.zeros(shape, dt)  # noqa: E731
-    return {
-        "tokens": z((b, length), np.int32), "targets": z((b, length), np.int32),
-        "loss_mask": z((b, length), np.float32), "segment_ids": z((b, length), np.int32),
-        "positions": z((b, length), np.int32), "telemetry": z((b, length, t), np.float32),
-        "head_positions": z((b, s), np.int32), "head_mask": z((b, s), np.float32),
-        "hitl": z((b, s), np.int32), "decision": z((b, s), np.int32), "confidence": z((b, s), np.int32),
-        "tool": z((b, s), np.int32), "conflict": z((b, s), np.int32),
-        "uncertainty": z((b, s, len(schema.UNCERTAINTY_DIMS)), np.float32),
-        "bias": z((b, s, len(schema.BIAS_CATEGORIES)), np.float32),
-    }
 
 
 def _place(out: dict, row: int, slot: int, offset: int, seg_id: int, rec: dict, prompt, response) -> int:
@@ -305,7 +226,7 @@ class PackedRows:
         return members[starts[r]:starts[r + 1]]
 
     def __call__(self, row: int) -> dict:
-        out = _empty_rows(1, self.max_len, self.max_segments)
+        out = batch_lib.empty(1, self.max_len, self.max_segments)
         offset = 0
         for slot, i in enumerate(self.examples(int(row)).tolist()):
             rec = self.records[i]
@@ -329,7 +250,7 @@ def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     Cached in DATA_DIR/lengths-<split>-<key>.npy, keyed by the manifest and the
     tokenizer, so that restarts skip the tokenizing pass; a read-only dir just recomputes.
     """
-    manifest = (Path(data_dir) / "manifest.json").read_bytes() if (Path(data_dir) / "manifest.json").is_file() else b""
+    manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
     key = hashlib.sha1(manifest + tokenizer.fingerprint.encode()).hexdigest()[:16]
     cache = Path(data_dir) / f"lengths-{split}-{key}.npy"
     records = ShardedRecords(data_dir, split)
@@ -380,15 +301,20 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
 class TrainIterator(grain.DatasetIterator):
     """Host-local training batches; the position is `batches_consumed` (global batches).
 
-    `get_state()` is `{"batches_consumed": n}` and restores on any process count via
-    `set_state` or `make_train_iterator(..., start_batch=n)`.
+    `get_state()` is the whole saved position (data/position.py: batches, the global
+    batch size they count in, the stream keys); `set_state(state)` continues exactly
+    after it, on any process count and any global batch size that divides the rows
+    consumed (DataError otherwise). Both may be called before the first batch is read.
     """
 
-    def __init__(self, build, start_batch: int, stats: dict):
+    def __init__(self, build, start_batch: int, stats: dict, config, process_index: int, process_count: int):
         super().__init__()
         self._build = build
         self.batches_consumed = int(start_batch)
         self.stats = stats
+        self._config = config
+        self._process_index = process_index
+        self._process_count = process_count
         self._it = None
 
     def __next__(self) -> dict:
@@ -399,11 +325,13 @@ class TrainIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"batches_consumed": self.batches_consumed}
+        return position.position_state(self.batches_consumed, self._config, self._process_count)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict, where: str = "the saved data position") -> None:
+        """Continues after `state` (`where` names it in messages, e.g. "checkpoint step 200")."""
+        n = position.resume_batch(state, self._config, where, announce=self._process_index == 0)
         self.close()
-        self.batches_consumed = int(state["batches_consumed"])
+        self.batches_consumed = n
 
     def close(self) -> None:
         it, self._it = self._it, None
@@ -449,7 +377,7 @@ def make_train_iterator(config, data_dir, process_index: int = 0, process_count:
                                                              per_worker_buffer_size=buffer))
         return ds
 
-    return TrainIterator(build, start_batch, stats)
+    return TrainIterator(build, start_batch, stats, config, process_index, process_count)
 
 
 def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | None = None):
@@ -468,8 +396,7 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
     tok = build_tokenizer(config)
     max_len = int(config.model.max_seq_len)
     for start in range(0, len(records), b):
-        out = _empty_rows(b, max_len, 1)
-        out["prompt_lengths"] = np.zeros(b, np.int32)
+        out = batch_lib.empty(b, max_len, 1, batch_lib.EVAL_FIELDS)
         ids = []
         for row, i in enumerate(range(start, min(start + b, len(records)))):
             rec = records[i]
