@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from promethios_jax.data import generate
-from promethios_jax.data.pipeline import load_split
+from promethios_jax.data.records import load_split
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 # A minimal instruct-style template (the shape of Llama 3's).

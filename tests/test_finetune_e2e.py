@@ -16,7 +16,7 @@ import promethios_jax  # noqa: E402
 from promethios_jax import convert  # noqa: E402
 from promethios_jax import generate as gen  # noqa: E402
 from promethios_jax.data.hf_tokenizer import HFTokenizer, round_vocab  # noqa: E402
-from promethios_jax.data.pipeline import load_split  # noqa: E402
+from promethios_jax.data.records import load_split  # noqa: E402
 from promethios_jax.data.tokenizer import _TAG_RE, build_tokenizer, encode_example_arrays  # noqa: E402
 from promethios_jax.interop.safetensors_io import SafetensorsReader  # noqa: E402
 from tests.hf_base import base_ids, make_hf_base  # noqa: E402

@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 from promethios_jax.config import base_config  # noqa: E402
 from promethios_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from promethios_jax.data.hf_tokenizer import HFTokenizer, round_vocab  # noqa: E402
-from promethios_jax.data.pipeline import load_split  # noqa: E402
+from promethios_jax.data.records import load_split  # noqa: E402
 from promethios_jax.data.tokenizer import _TAG_RE, TokenizerError, control_pieces  # noqa: E402
 from tests.hf_base import BOS, CHAT_TEMPLATE, EOS, base_ids, make_corpus, make_hf_tokenizer  # noqa: E402
 

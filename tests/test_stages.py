@@ -7,6 +7,7 @@ from promethios_jax import stages
 from promethios_jax.config import base_config
 from promethios_jax.data import generate, pipeline, schema
 from promethios_jax.data.mix import mix_epoch
+from promethios_jax.data.records import DataError
 from promethios_jax.stages import StageError
 from tests.util import small_config
 
@@ -142,7 +143,7 @@ def test_mix_epoch_draws_the_asked_shares():
     assert counts.min() >= 525 // len(tm) and counts.max() <= -(-525 // len(tm))
     np.testing.assert_array_equal(idx, mix_epoch(cats, mix, seed=0, epoch=0))
     assert not np.array_equal(idx, mix_epoch(cats, mix, seed=0, epoch=1))
-    with pytest.raises(pipeline.DataError, match="does not hold"):
+    with pytest.raises(DataError, match="does not hold"):
         mix_epoch(cats[cats != "constitutional"], mix, 0, 0)
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from promethios_jax.data import schema
-from promethios_jax.data.pipeline import DataError
+from promethios_jax.data.records import DataError
 
 
 def mix_epoch(categories: Sequence[str], mix: Sequence[tuple], seed: int, epoch: int) -> np.ndarray:

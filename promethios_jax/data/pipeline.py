@@ -37,7 +37,7 @@ import grain
 import numpy as np
 
 from promethios_jax.data import batch as batch_lib
-from promethios_jax.data import position, schema
+from promethios_jax.data import mix, position, schema
 from promethios_jax.data.records import MANIFEST, DataError, ShardedRecords
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays
 
@@ -196,8 +196,6 @@ class PackedRows:
     def _plan(self, epoch: int):
         plan = self._plans.get(epoch)
         if plan is None:
-            from promethios_jax.data import mix  # TODO(after the records split): top-level import
-
             order = mix.mix_epoch(self.categories, self.mix, self.seed, epoch) if self.mix else None
             plan = pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments, order=order)
             if len(self._plans) >= 4:
