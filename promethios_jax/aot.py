@@ -9,11 +9,12 @@ what the devices hold before any state exists (docs/interfaces.md).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import jax
 
-from promethios_jax import flops
+from promethios_jax import flops, trainable
 from promethios_jax.data import batch as batch_lib
 from promethios_jax.state import TrainSetup, abstract_train_state
 from promethios_jax.step import make_train_step
@@ -67,8 +68,14 @@ def dry_run_report(config, mesh, compiled: CompiledStep) -> dict:
     cost = compiled.executable.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     nbytes = mem["bytes_per_device"]
+    setup = compiled.setup
+    on, _ = trainable.count(setup.abstract["params"], setup.trainable)
     return {
-        "params": compiled.setup.param_count,
+        "params": setup.param_count,
+        "trainable": config.train.trainable,
+        "trainable_params": on,
+        # Frozen parameters hold none: this is what config.train.trainable saves.
+        "optimizer_state_bytes_per_device": optimizer_state_bytes_per_device(setup),
         "bytes_per_device": nbytes,
         "gib_per_device": round(nbytes / 2**30, 3) if nbytes is not None else None,
         **{k: mem.get(k) for k in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes")},
@@ -80,6 +87,15 @@ def dry_run_report(config, mesh, compiled: CompiledStep) -> dict:
         "mesh": dict(mesh.shape),
         "compile_s": round(compiled.compile_s, 1),
     }
+
+
+def optimizer_state_bytes_per_device(setup: TrainSetup) -> int:
+    """Bytes of the optimizer state one device holds (its shards of every leaf)."""
+    total = 0
+    for a in jax.tree.leaves(setup.abstract["opt_state"]):
+        shard = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
+        total += math.prod(shard) * a.dtype.itemsize
+    return int(total)
 
 
 def dry_run(config, mesh) -> dict:

@@ -7,7 +7,7 @@ A run is a list of stages run in order. `config.stages` lists them, each a dict:
     learning_rate  peak learning rate            (default config.train.learning_rate)
     schedule       "cosine" | "linear" | "constant", after a linear warm-up
                                                  (default config.train.schedule)
-    warmup_steps   (default config.train.warmup_steps, capped below the stage's steps)
+    warmup_steps   (default config.train.warmup_steps)
     min_lr_ratio   end learning rate / peak      (default config.train.min_lr_ratio)
     loss           {part: weight} over config.loss (the rest keep config.loss's values)
     data_mix       {category: weight} over data.schema.CATEGORIES (default: the data as it is)
@@ -251,7 +251,7 @@ def make_schedule(kind: str, peak: float, warmup_steps: int, total_steps: int, m
 
     if kind not in SCHEDULES:
         raise StageError(f"schedule {kind!r}: use one of {', '.join(SCHEDULES)}")
-    warmup = max(1, min(int(warmup_steps), max(int(total_steps) - 1, 1)))
+    warmup = max(1, int(warmup_steps))
     end = peak * min_lr_ratio
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1), end)

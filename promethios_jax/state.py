@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
-from promethios_jax import sharding
+from promethios_jax import optim, sharding, stages, trainable
 from promethios_jax.model import GovernanceTransformer
 
 STATE_KEYS = ("step", "params", "opt_state", "nonfinite_count", "first_nonfinite_step")
@@ -30,19 +30,28 @@ def _is_spec(x) -> bool:
     return isinstance(x, PartitionSpec)
 
 
-def make_optimizer(config, logical_specs):
-    """(tx, schedule): AdamW under warmup + cosine decay, clipped by global norm."""
+def make_optimizer(config, logical_specs, trainable_mask=None):
+    """(tx, schedule): AdamW (moments in `train.moments_dtype`) under warm-up and
+    `train.schedule` decay, clipped by global norm; frozen parameters (`trainable_mask`
+    False) get no update and no state.
+
+    The optimizer's own count restarts with each stage's fresh state, so `tx` follows
+    the stage's schedule; the returned `schedule` maps the global step to the same rate
+    (`train.stage_start` is where the stage began), for the metrics."""
     t = config.train
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.learning_rate, warmup_steps=max(1, t.warmup_steps),
-        decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.learning_rate * t.min_lr_ratio)
+    local = stages.make_schedule(t.schedule, t.learning_rate, t.warmup_steps, t.steps, t.min_lr_ratio)
+    start = int(t.get("stage_start", 0))
+    schedule = local if start == 0 else (lambda step: local(step - start))
     # Decay matrices only: norms, gains and per-layer vectors stay undecayed.
     decay_mask = jax.tree.map(lambda spec: len([a for a in spec if a != "layers"]) >= 2, logical_specs,
                               is_leaf=_is_spec)
     tx = optax.chain(
         optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-        optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask),
+        optim.adamw(local, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, mask=decay_mask,
+                    moments_dtype=t.moments_dtype),
     )
+    if trainable_mask is not None:
+        tx = trainable.masked(tx, trainable_mask)
     return tx, schedule
 
 
@@ -78,6 +87,7 @@ class TrainSetup:
     schedule: Callable
     init: Callable[[], dict]  # builds the initial state; jit it with out_shardings=shardings
     mesh: Mesh
+    trainable: dict  # bool per parameter leaf: False = frozen (no update, no optimizer state)
 
     @property
     def param_count(self) -> int:
@@ -86,7 +96,8 @@ class TrainSetup:
 
 def abstract_train_state(config, mesh: Mesh) -> TrainSetup:
     params = abstract_params(config, mesh)
-    tx, schedule = make_optimizer(config, params.logical)
+    mask = trainable.mask(params.shapes, config.train.trainable)
+    tx, schedule = make_optimizer(config, params.logical, mask)
     abs_opt = jax.eval_shape(tx.init, params.shapes)
     pspecs = jax.tree.map(lambda s: s.spec, params.shardings)
     # Optimizer moments are sharded like their parameters (ZeRO-3 / FSDP).
@@ -112,7 +123,7 @@ def abstract_train_state(config, mesh: Mesh) -> TrainSetup:
         return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p),
                 "nonfinite_count": jnp.zeros((), jnp.int32), "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 
-    return TrainSetup(abstract, shardings, params.graphdef, tx, schedule, init, mesh)
+    return TrainSetup(abstract, shardings, params.graphdef, tx, schedule, init, mesh, mask)
 
 
 def param_count(abstract_state: dict) -> int:

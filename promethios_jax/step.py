@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from promethios_jax import accum
+from promethios_jax import accum, trainable
 from promethios_jax.data import batch as batch_lib
 from promethios_jax.model import loss as loss_lib
 from promethios_jax.state import TrainSetup
@@ -22,8 +22,11 @@ def make_train_step(config, setup: TrainSetup):
     n_micro = config.train.grad_accum_steps
     micro_sh = batch_lib.micro_shardings(config, setup.mesh, n_micro) if n_micro > 1 else None
 
+    mask = setup.trainable
+
     def micro_loss(params, mb, counts):
-        model = nnx.merge(graphdef, params)
+        # No gradient is computed for frozen parameters (config.train.trainable).
+        model = nnx.merge(graphdef, trainable.stop_frozen(params, mask))
         out = model(mb["tokens"], telemetry=mb["telemetry"], segment_ids=mb["segment_ids"],
                     positions=mb["positions"], head_positions=mb["head_positions"])
         return loss_lib.combine(loss_lib.loss_sums(out, mb), counts, config.loss, model, num_micro=n_micro)
@@ -36,7 +39,7 @@ def make_train_step(config, setup: TrainSetup):
         (loss, parts), grads = accum.accumulate(lambda p, mb: grad_fn(p, mb, counts), params, batch, n_micro, micro_sh)
         grad_norm = optax.global_norm(grads)
         updates, new_opt = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params = trainable.apply_updates(params, updates, mask)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         new_params = keep(new_params, params)

@@ -22,10 +22,11 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from promethios_jax import aot, distributed, profiling, sharding
+from promethios_jax import aot, distributed, profiling, sharding, stages, trainable
 from promethios_jax import checkpoint as ckpt
 from promethios_jax import config as config_lib
 from promethios_jax import metrics as metrics_lib
+from promethios_jax import state as state_lib
 from promethios_jax import workdir as workdir_lib
 from promethios_jax.data import generate, pipeline
 
@@ -112,43 +113,111 @@ class NonFiniteWatch:
         return count
 
 
+def make_plan(config, data_dir: Path) -> stages.Plan:
+    """The run's stages and their steps; epochs are counted on the packed training rows."""
+    needs_rows = any(s.epochs is not None for s in stages.parse_stages(config))
+    lengths = pipeline.fitted_lengths(str(data_dir), config)[0] if needs_rows else None
+    return stages.make_plan(config, lengths, str(data_dir))
+
+
+def enter_stage(state: dict, setup: state_lib.TrainSetup) -> dict:
+    """The state as the next stage starts it: the parameters and counters carry over, the
+    optimizer state is the stage's own, fresh (what trains and the schedule may change)."""
+    def build(old):
+        return {**old, "opt_state": setup.tx.init(old["params"])}
+
+    donate = (0,) if jax.default_backend() != "cpu" else ()  # CPU cannot donate; spare the warning
+    return jax.jit(build, out_shardings=setup.shardings, donate_argnums=donate)(state)
+
+
+class StageRunner:
+    """The compiled step and data of the stage being trained; `enter` moves to another."""
+
+    def __init__(self, plan: stages.Plan, mesh, data_dir: Path):
+        self.plan, self.mesh, self.data_dir = plan, mesh, data_dir
+        self.index = None
+        self.compiled = self.loader = self.batch_sh = None
+
+    @property
+    def config(self):
+        return self.plan.configs[self.index]
+
+    def enter(self, k: int, start_batch: int):
+        self.close()
+        self.index = k
+        self.compiled = aot.compile_step(self.config, self.mesh)
+        self.batch_sh = {name: a.sharding for name, a in self.compiled.batch.items()}
+        self.loader = pipeline.make_train_iterator(self.config, str(self.data_dir), jax.process_index(),
+                                                   jax.process_count(), start_batch=start_batch)
+
+    def close(self):
+        if self.loader is not None:
+            self.loader.close()
+
+
 def train(config, workdir: str, stop_after: int | None = None) -> dict:
-    """Runs (or resumes) training; returns the last logged metrics."""
+    """Runs (or resumes) training through its stages; returns the last logged metrics."""
     wd = workdir_lib.ensure_writable(workdir)
     config_lib.validate(config, jax.device_count(), jax.process_count())
     mesh = sharding.make_mesh(config)
     primary = jax.process_index() == 0
-
-    compiled = aot.compile_step(config, mesh)
-    setup = compiled.setup
-    batch_sh = {k: a.sharding for k, a in compiled.batch.items()}
     data_dir = prepare_data(config, wd)
-    n_params = setup.param_count
+    plan = make_plan(config, data_dir)
+    multi = len(plan.stages) > 1
     manager = ckpt.make_manager(wd, config.checkpoint)
-    restored = ckpt.restore_latest(manager, setup.abstract)
+
+    # A checkpoint holds the optimizer state of the stage of its last step: restore into that.
+    saved = sorted(manager.all_steps())
+    k_state = plan.stage_of_state(saved[-1] if saved else 0)
+    restored = ckpt.restore_latest(manager, state_lib.abstract_train_state(plan.configs[k_state], mesh).abstract)
+    if restored is not None and plan.stage_of_state(restored[2]) != k_state:  # fell back across a boundary
+        k_state = plan.stage_of_state(restored[2])
+        restored = ckpt.restore_latest(manager, state_lib.abstract_train_state(plan.configs[k_state], mesh).abstract,
+                                       step=restored[2])
+    step = 0 if restored is None else restored[2]
+    total_steps = plan.total_steps if stop_after is None else min(plan.total_steps, stop_after)
+    k, _ = plan.locate(step)
+    runner = StageRunner(plan, mesh, data_dir)
+    if step < total_steps:
+        start_batch = 0
+        if restored is not None and k == k_state:
+            start_batch = ckpt.resume_position(restored[1], plan.configs[k], step)
+        runner.enter(k, start_batch)
+    setup = (runner.compiled.setup if runner.compiled is not None
+             else state_lib.abstract_train_state(plan.configs[k_state], mesh))
+    n_params = setup.param_count
     if restored is None:
         state = jax.jit(setup.init, out_shardings=setup.shardings)()
-        start_batch = 0
         print(f"initialised {n_params:,} parameters on mesh {dict(mesh.shape)}", flush=True)
     else:
-        state, it_state, step = restored
-        start_batch = ckpt.resume_position(it_state, config, step)
-        print(f"resumed from step {step} (data position: batch {start_batch}) on mesh {dict(mesh.shape)}", flush=True)
-    step = int(jax.device_get(state["step"]))
-    if primary and step < config.train.steps:
+        state = restored[0]
+        if runner.index is not None and runner.index != k_state:
+            state = enter_stage(state, setup)
+        print(f"resumed from step {step} on mesh {dict(mesh.shape)}"
+              + (f", stage {plan.stages[k].name!r}" if multi and k < len(plan.stages) else ""), flush=True)
+    if primary and step < plan.total_steps:
         workdir_lib.clear_done(wd)  # a resumed run with more steps: eval --watch must keep waiting
 
     writer = metrics_lib.MetricsWriter(str(wd), enabled=primary)
     if step == 0:
         writer.write_config(config, n_params)
 
-    loader = pipeline.make_train_iterator(config, str(data_dir), jax.process_index(), jax.process_count(),
-                                          start_batch=start_batch)
+    def mark_stage(k_now: int, step_now: int):
+        s = plan.stages[k_now]
+        on, total = trainable.count(state["params"], runner.compiled.setup.trainable)
+        if multi:
+            writer.write_event(step_now, "stage", index=k_now, name=s.name, steps=plan.steps[k_now],
+                               trains=s.trains, trainable_params=on)
+            print(f"stage {k_now + 1}/{len(plan.stages)} {s.name!r} from step {step_now}: {plan.steps[k_now]} steps, "
+                  f"{on:,} of {total:,} parameters train ({s.trains})", flush=True)
+
+    if runner.index is not None and plan.start(k) == step:
+        mark_stage(k, step)
+
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    total_steps = config.train.steps if stop_after is None else min(config.train.steps, stop_after)
     tracker = metrics_lib.tracker_from_config(config, jax.device_count(), start_step=step)
-    progress = metrics_lib.ProgressLine(config.train.steps, enabled=primary)
+    progress = metrics_lib.ProgressLine(plan.total_steps, enabled=primary)
     profiler = profiling.Profiler.from_config(str(wd), config.profile, enabled=primary)
     nonfinite = NonFiniteWatch(config.train.nan_policy, state, step, manager, wd, primary)
     last = {}
@@ -157,43 +226,54 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     def save(step_now: int):
         nonfinite.check(state, step_now)  # under "stop", never save a state past a non-finite step
         with tracker.checkpoint():
-            ckpt.save(manager, step_now, state, ckpt.data_iter_state(loader, config), config, force=True)
+            ckpt.save(manager, step_now, state, ckpt.data_iter_state(runner.loader, runner.config), config,
+                      force=True)
 
     try:
         while step < total_steps:
             profiler.step(step, wait_for=state)
             with tracker.data_wait():
-                batch = sharding.host_local_to_global(next(loader), batch_sh)
+                batch = sharding.host_local_to_global(next(runner.loader), runner.batch_sh)
             with profiling.annotate(step):
-                state, m = compiled.executable(state, batch)
+                state, m = runner.compiled.executable(state, batch)
             step += 1
             if step == first_step + 1:
                 # Leave the first dispatch out of the throughput figures.
                 jax.block_until_ready(m)
                 tracker.reset(step)
+            stage_end = step == plan.start(runner.index) + plan.steps[runner.index]
             stopping = stop.signal is not None
             if jax.process_count() > 1:
                 # Every process must stop (and save) at the same step: they agree at the log
                 # steps, which all of them take, signalled or not.
                 stopping = step % config.train.log_every == 0 and bool(
                     np.any(multihost_utils.process_allgather(np.array(stopping))))
-            if step % config.train.log_every == 0 or step == total_steps or stopping:
-                m = {k: float(v) for k, v in jax.device_get(m).items()}
+            if step % config.train.log_every == 0 or step == total_steps or stopping or stage_end:
+                m = {k_: float(v) for k_, v in jax.device_get(m).items()}
                 m.pop("finite")
                 m["nonfinite_skipped"] = int(jax.device_get(state["nonfinite_count"]))
                 scalars = metrics_lib.train_scalars(m)
+                if multi:
+                    scalars["train/stage"] = runner.index
                 scalars.update(tracker.update(step))
                 scalars.update(metrics_lib.device_memory_stats())
                 writer.write_scalars(step, scalars)
                 progress.update(step, scalars)
                 last = {"step": step, **scalars}
                 nonfinite.check(state, step)  # after the write, so the bad step's row is in the logs
-            if step % config.checkpoint.every_steps == 0 or step == total_steps or stopping:
-                save(step)
+            if step % config.checkpoint.every_steps == 0 or step == total_steps or stopping or stage_end:
+                save(step)  # every stage boundary has its checkpoint
             if stopping:
                 break
+            if stage_end and step < total_steps:
+                k_next, _ = plan.locate(step)
+                runner.enter(k_next, 0)
+                state = enter_stage(state, runner.compiled.setup)
+                mark_stage(k_next, step)
+                tracker.reset(step)  # leave the new stage's compile out of the throughput figures
     finally:
         profiler.close()
+        runner.close()
         try:
             # Still under our handlers: a signal now must not kill the commit of the last save.
             manager.wait_until_finished()
@@ -203,8 +283,12 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 signal.signal(s, h)
             progress.close()
             writer.close()
-    if step >= config.train.steps and primary:
+    if step >= plan.total_steps and primary:
         workdir_lib.mark_done(wd, step)
+        for s in plan.stages:
+            if s.evaluate:
+                print(f"stage {s.name!r}: score the final checkpoint with python -m eval --workdir={wd} "
+                      f"(--watch picks it up)", flush=True)
     cdir = workdir_lib.checkpoint_dir(wd)
     if stop.signal is None:
         print(f"finished at step {step}; checkpoints in {cdir}", flush=True)
@@ -223,12 +307,21 @@ def dry_run(config) -> dict:
               "(an upper bound on attention memory)")
         config.model.attention_impl = "xla"
     mesh = sharding.make_mesh(config)
-    report = aot.dry_run(config, mesh)
-    print(f"model params: {report['params']:,}; mesh {report['mesh']}; "
-          f"per-device memory {report['gib_per_device']} GiB; "
-          f"{report['flops_per_device_step']:.3e} FLOPs per device per step")
-    print(json.dumps(report))
-    return report
+    # One compile per distinct set of trainable parts among the stages: what trains sets
+    # the optimizer state, and so the memory. The largest is returned.
+    reports = {}
+    for i, s in enumerate(stages.parse_stages(config)):
+        if s.evaluate or s.trains in reports:
+            continue
+        report = aot.dry_run(stages.stage_config(config, s, i), mesh)
+        reports[s.trains] = report
+        print(f"{'' if s.name == 'train' else f'stage {s.name!r}: '}model params: {report['params']:,} "
+              f"({report['trainable_params']:,} train: {s.trains}); mesh {report['mesh']}; "
+              f"per-device memory {report['gib_per_device']} GiB (optimizer state "
+              f"{report['optimizer_state_bytes_per_device'] / 2**30:.2f} GiB); "
+              f"{report['flops_per_device_step']:.3e} FLOPs per device per step")
+        print(json.dumps(report))
+    return max(reports.values(), key=lambda r: r["bytes_per_device"] or 0)
 
 
 def main(argv):

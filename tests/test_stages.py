@@ -126,7 +126,6 @@ def test_schedules():
     assert float(lin(0)) == 0.0 and float(lin(10)) == pytest.approx(1e-3) and float(lin(100)) == pytest.approx(1e-4)
     const = stages.make_schedule("constant", 1e-3, 10, 100, 0.1)
     assert float(const(5)) == pytest.approx(5e-4) and float(const(99)) == pytest.approx(1e-3)
-    assert float(stages.make_schedule("constant", 1e-3, 10, 3, 0.1)(2)) == pytest.approx(1e-3)  # warm-up capped
 
 
 def test_mix_epoch_draws_the_asked_shares():
