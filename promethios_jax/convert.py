@@ -2,6 +2,7 @@
 
     python -m promethios_jax.convert export --workdir=DIR [--step=N] --out=HF_DIR [--max_shard_size=5GB]
     python -m promethios_jax.convert import --hf=HF_DIR --out=DIR [--config=configs/X.py] [--governance=auto|fresh]
+        [--tokenizer=auto|base|config]
 
 Neither direction needs torch. The work is `promethios_jax.interop`'s.
 """
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--config", default=None, help="config file for the non-model keys (file.py or file.py:arg)")
     i.add_argument("--governance", default="auto", choices=("auto", "fresh"),
                    help="auto: read governance.safetensors when present and fitting; fresh: always initialise")
+    i.add_argument("--tokenizer", default="auto", choices=("auto", "base", "config"),
+                   help="auto/base: train with the base's own tokenizer (copied into OUT/tokenizer, governance "
+                        "tokens added, embedding grown); config: keep the config's config.data.tokenizer")
     return p
 
 
@@ -40,7 +44,7 @@ def main(argv=None) -> int:
         if args.command == "export":
             export_workdir(args.workdir, args.out, args.step, args.max_shard_size)
         else:
-            import_hf(args.hf, args.out, args.config, args.governance)
+            import_hf(args.hf, args.out, args.config, args.governance, tokenizer=args.tokenizer)
     except (ConversionError, ConfigError, WorkdirError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -100,7 +100,9 @@ def abstract_train_state(config, mesh: Mesh) -> TrainSetup:
     tx, schedule = make_optimizer(config, params.logical, mask)
     abs_opt = jax.eval_shape(tx.init, params.shapes)
     pspecs = jax.tree.map(lambda s: s.spec, params.shardings)
-    # Optimizer moments are sharded like their parameters (ZeRO-3 / FSDP).
+    # Optimizer moments are sharded like their parameters (ZeRO-3 / FSDP); frozen
+    # parameters are masked out of the state's param-shaped trees, as in `pspecs` here.
+    pspecs = trainable.mask_like_state(pspecs, mask, is_leaf=_is_spec)
     ospecs = optax.tree_utils.tree_map_params(
         tx, lambda _, spec: spec, abs_opt, pspecs,
         transform_non_params=lambda _: PartitionSpec(), is_leaf=_is_spec)

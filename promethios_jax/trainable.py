@@ -89,6 +89,14 @@ def masked(tx: optax.GradientTransformation, trainable: dict) -> optax.GradientT
     return optax.multi_transform({TRAIN: tx, FREEZE: optax.set_to_zero()}, labels(trainable))
 
 
+def mask_like_state(tree, trainable: dict, is_leaf=None):
+    """`tree` (shaped like the params) as the masked optimizer's param-shaped states are:
+    frozen leaves replaced by `optax.MaskedNode()` (unchanged when everything trains)."""
+    if all(jax.tree.leaves(trainable)):
+        return tree
+    return jax.tree.map(lambda x, t: x if t else optax.MaskedNode(), tree, trainable, is_leaf=is_leaf)
+
+
 def stop_frozen(params: dict, trainable: dict) -> dict:
     """Frozen leaves behind `stop_gradient`, so that no gradient is computed for them."""
     return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)

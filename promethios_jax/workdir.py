@@ -6,6 +6,7 @@
       metrics.jsonl                                            the train scalars, one row per log step
       eval/<step>.json, ...                                    the eval job's results
       data/                                                    the generated dataset (unless config.data.path)
+      tokenizer/                                               an imported base's tokenizer (convert import)
       TRAINING_DONE                                            {"step": N}: the run reached config.train.steps
 
 Only names and small files here; nothing imports jax.
@@ -26,6 +27,7 @@ EVAL = "eval"
 DATA = "data"
 METRICS = "metrics.jsonl"
 DONE = "TRAINING_DONE"
+TOKENIZER = "tokenizer"
 
 
 class WorkdirError(RuntimeError):
@@ -55,6 +57,10 @@ def metrics_path(workdir) -> Path:
 def data_dir(config, workdir) -> Path:
     """config.data.path, else WORKDIR/data."""
     return Path(config.data.path) if config.data.path else Path(workdir).absolute() / DATA
+
+
+def tokenizer_dir(workdir) -> Path:
+    return Path(workdir).absolute() / TOKENIZER
 
 
 def checkpoint_steps(workdir) -> list[int]:

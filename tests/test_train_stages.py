@@ -69,7 +69,7 @@ def test_frozen_parameters_keep_their_bits_and_hold_no_optimizer_state(tmp_path,
     moments = sum(x.size for x in jax.tree.leaves(setup.abstract["opt_state"]) if x.ndim > 0)
     assert moments == 2 * n_heads
     full = state_lib.abstract_train_state(small_config(), mesh)
-    assert aot.optimizer_state_bytes_per_device(setup) < aot.optimizer_state_bytes_per_device(full) / 20
+    assert aot.optimizer_state_bytes_per_device(setup) < aot.optimizer_state_bytes_per_device(full) / 4
 
 
 def test_epochs_set_the_step_count(tmp_path, data_dir):

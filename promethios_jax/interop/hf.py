@@ -25,13 +25,15 @@ from promethios_jax import checkpoint as ckpt
 from promethios_jax import config as config_lib
 from promethios_jax import sharding
 from promethios_jax import workdir as workdir_lib
-from promethios_jax.data.tokenizer import build_tokenizer
+from promethios_jax.data.hf_tokenizer import HFTokenizer, VocabPlan, ships_tokenizer, vocab_plan
+from promethios_jax.data.tokenizer import TokenizerError, build_tokenizer, is_hf_tokenizer
 from promethios_jax.interop.safetensors_io import (DEFAULT_MAX_SHARD, GOVERNANCE_FILE, HF_CONFIG, INDEX_FILE,
                                                    PROMETHIOS_CONFIG, SINGLE_FILE, SafetensorsFile,
                                                    SafetensorsReader, ShardWriter, parse_size)
 from promethios_jax.model.hf_llama import (ConversionError, TensorMap, check_hf_tensors, default_layer_ranges,
                                            hf_config_from_model, is_backbone, model_keys_from_hf, ranges_valid,
                                            tensor_map, to_hf, to_ours)
+from promethios_jax.model.vocab import EMBED_PATH, LM_HEAD_PATH, grow_vocab
 from promethios_jax.state import abstract_train_state
 
 
@@ -145,21 +147,67 @@ def get_config():
 '''
 
 
-def import_hf(hf_dir, out, config_path: str | None = None, governance: str = "auto", log=print):
+def adopt_tokenizer(config, hf_dir: Path, out: Path, log=print) -> VocabPlan:
+    """Copies the base's tokenizer into OUT/tokenizer, points config.data.tokenizer at it
+    and sizes config.model.vocab_size for it (the base's ids plus the governance tokens,
+    rounded up to 128); returns how the checkpoint's rows grow."""
+    try:
+        base = HFTokenizer(hf_dir)
+        copied = base.copy_base(workdir_lib.tokenizer_dir(out))
+        tok = HFTokenizer(copied, use_chat_template=bool(config.data.chat_template))
+    except TokenizerError as e:
+        raise ConversionError(str(e)) from None
+    plan = vocab_plan(tok, int(config.model.vocab_size))
+    config.data.tokenizer = str(copied)
+    config.model.vocab_size = plan.rows
+    if tok.base_vocab_size > plan.base_rows:
+        log(f"WARNING: the tokenizer has {tok.base_vocab_size} ids but the checkpoint only {plan.base_rows} "
+            "embedding rows: the ids past them start at the mean row")
+    log(f"tokenizer of {hf_dir} copied to {copied}: {tok.base_vocab_size} base ids kept, "
+        f"{len(tok.added_pieces)} governance/special tokens added ({', '.join(tok.added_pieces[:3])}, ...); "
+        f"embedding rows {plan.base_rows} -> {plan.rows}, new rows at the mean of the base's")
+    return plan
+
+
+def _hf_vocab_shape(path: tuple, shape: tuple, grow: VocabPlan | None) -> tuple:
+    """The shape a leaf has in the HF checkpoint: the vocabulary leaves before growth."""
+    if grow is None or grow.rows == grow.base_rows:
+        return tuple(shape)
+    if path == EMBED_PATH:
+        return (grow.base_rows,) + tuple(shape[1:])
+    if path == LM_HEAD_PATH:
+        return tuple(shape[:-1]) + (grow.base_rows,)
+    return tuple(shape)
+
+
+def import_hf(hf_dir, out, config_path: str | None = None, governance: str = "auto", log=print,
+              tokenizer: str = "auto"):
     """Writes OUT/checkpoints/0 (the full train state, backbone from HF_DIR) and OUT/config.py.
 
-    Returns the saved config."""
+    `tokenizer`: "auto" trains with the base's own tokenizer when HF_DIR ships one (the
+    embedding grows for the governance tokens), else with `config.data.tokenizer`; "base"
+    requires the base's; "config" keeps `config.data.tokenizer`. Returns the saved config."""
     hf_dir, out = Path(hf_dir), Path(out).absolute()
     if governance not in ("auto", "fresh"):
         raise ConversionError(f"--governance={governance!r}: use 'auto' or 'fresh'")
+    if tokenizer not in ("auto", "base", "config"):
+        raise ConversionError(f"--tokenizer={tokenizer!r}: use 'auto', 'base' or 'config'")
+    if tokenizer == "base" and not ships_tokenizer(hf_dir):
+        raise ConversionError(f"--tokenizer=base: {hf_dir} holds neither tokenizer.json nor tokenizer.model")
     cdir = workdir_lib.checkpoint_dir(out)
     if workdir_lib.checkpoint_steps(out):
         raise ConversionError(f"{cdir} already holds checkpoints; import into an empty workdir")
 
     config, _ = build_import_config(hf_dir, config_path, log=log)
-    tmap = tensor_map(config.model)
+    # The HF tensors are read at the checkpoint's vocabulary, then grown to the tokenizer's.
+    hf_model = copy.deepcopy(config.model)
+    grow = None
+    if tokenizer == "base" or (tokenizer == "auto" and ships_tokenizer(hf_dir)):
+        grow = adopt_tokenizer(config, hf_dir, out, log=log)
+        config_lib.validate(config)
+    tmap = tensor_map(hf_model)
     reader = SafetensorsReader(hf_dir)
-    check_hf_tensors(reader, tmap, bool(config.model.tie_embeddings))
+    check_hf_tensors(reader, tmap, bool(hf_model.tie_embeddings))
 
     mesh_config = _local_mesh_config(config)
     mesh = sharding.make_mesh(mesh_config, jax.local_devices())
@@ -176,17 +224,33 @@ def import_hf(hf_dir, out, config_path: str | None = None, governance: str = "au
             raise ConversionError(f"the model has no parameter {'.'.join(path)} (the converter and the model "
                                   "disagree on the param tree)")
     loaded = {}
+    vocab_leaves = {}
     for path, tms in by_leaf.items():
         a = abs_params[path]
-        host = np.empty(a.shape, np.float32)
+        shape = _hf_vocab_shape(path, a.shape, grow)
+        host = np.empty(shape, np.float32)
         for tm in tms:
-            w = to_ours(reader.get(tm.hf_name), tm, a.shape)
+            w = to_ours(reader.get(tm.hf_name), tm, shape)
             if tm.index is None:
                 host[...] = w
             else:
                 host[tm.index] = w
+        if shape != a.shape:
+            vocab_leaves[path] = host
+            continue
         loaded[path] = jax.device_put(host.astype(a.dtype), param_sh[path])
         del host
+    if vocab_leaves:
+        tree = {}
+        for path, host in vocab_leaves.items():
+            _set_path(tree.setdefault(path[0], {}), path[1:], host)
+        grown = grow_vocab(tree, grow.rows, mean_rows=grow.mean_rows, reset_ids=grow.reset_ids)
+        for path in vocab_leaves:
+            leaf = grown
+            for k in path:
+                leaf = leaf[k]
+            loaded[path] = jax.device_put(np.asarray(leaf, abs_params[path].dtype), param_sh[path])
+        del vocab_leaves, tree, grown
 
     gov_file = hf_dir / GOVERNANCE_FILE
     if governance == "auto" and gov_file.exists():
@@ -220,7 +284,8 @@ def import_hf(hf_dir, out, config_path: str | None = None, governance: str = "au
     del loaded
 
     out.mkdir(parents=True, exist_ok=True)
-    _check_tokenizer(config, hf_dir, log=log)
+    if grow is None:
+        _check_tokenizer(config, hf_dir, log=log)
     ckpt_cfg = config.checkpoint.copy_and_resolve_references()
     ckpt_cfg.async_save = False
     manager = ckpt.make_manager(out, ckpt_cfg)
@@ -284,6 +349,10 @@ def export_params(params, config, out, max_shard_size=DEFAULT_MAX_SHARD, log=pri
     if gov:
         save_file(gov, str(out / GOVERNANCE_FILE), metadata={"format": "promethios"})
     (out / PROMETHIOS_CONFIG).write_text(config.to_json(indent=2) + "\n")
+    if is_hf_tokenizer(str(config.data.tokenizer)):
+        # The tokenizer the checkpoint was trained with, governance tokens included, so that
+        # AutoTokenizer.from_pretrained(out) gives our ids.
+        files = files + build_tokenizer(config).save_pretrained(out)
     msg = f"exported {n:,} backbone parameters to {out} ({', '.join(files)})"
     log(msg + (f"; governance parts in {GOVERNANCE_FILE}" if gov else ""))
     return hf
