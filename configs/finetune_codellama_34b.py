@@ -7,9 +7,20 @@ vocab_size: 32,000 + <pad>, <assess> and 121 control tokens = 32,123, rounded up
 multiple of 128: 32,128.
 
 Memory: full fine-tuning keeps fp32 master weights, gradients and two Adam moments,
-about 16 bytes per parameter: 34B x 16 B / 8 GPUs = 68 GB per GPU before activations,
-more than an 80 GB GPU leaves. The lever used here is bfloat16 Adam moments
-(`train.moments_dtype`), 12 bytes per parameter; `--dry_run` prints the figure.
+about 16 bytes per parameter: 34B x 16 B / 8 GPUs = 68 GB per GPU before activations.
+The lever used here is bfloat16 Adam moments (`train.moments_dtype`, 12 bytes per
+parameter). The CPU ahead-of-time compile on 8 simulated devices (an upper bound: XLA
+attention, the CPU compiler's buffer assignment) gives, per device:
+
+    fp32 moments   99.4 GiB  (arguments 47.3 GiB, temporaries 52.1 GiB)
+    bf16 moments   84.4 GiB  (arguments 31.5 GiB, temporaries 52.9 GiB)
+
+so even with bf16 moments this bound is above the ~74.5 GiB an 80 GB GPU holds; the GPU
+compile (cuDNN attention) is lower but was not measured here. By the arithmetic, about
+31 GiB of the temporaries are the accumulation's two fp32 gradient buffers (15.7 GiB
+each). Until a GPU compile shows it fits, run it on two 8-GPU hosts (`mesh.fsdp=16`
+halves the sharded state and gradients) or train fewer parts (`train.trainable="layers+norm+governance"` frees little; low-rank
+adapters are not implemented).
 Import and train as in configs/finetune_llama3_8b.py.
 """
 from promethios_jax.config import base_config
