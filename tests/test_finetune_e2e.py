@@ -82,10 +82,10 @@ def test_import_keeps_the_base_ids_and_adds_the_governance_tokens(finetuned):
 def test_transformers_greedy_equals_ours_on_the_export(finetuned):
     root, _, wd, out, config = finetuned
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    hf_model = transformers.LlamaForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    hf_model = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ours_tok = build_tokenizer(config)
     assert json.loads((out / "config.json").read_text())["vocab_size"] == config.model.vocab_size
-    model = promethios_jax.load(wd)
+    model, _ = promethios_jax.load(wd)
     recs = load_split(root / "data", "heldout")[:3]
     for rec in recs:
         prompt, _ = encode_example_arrays(rec, ours_tok)
