@@ -21,14 +21,7 @@ import time
 from typing import Any, Mapping
 
 from promethios_jax import flops
-
-LOSS_PARTS = ("lm", "hitl", "decision", "confidence", "uncertainty", "bias", "tool")
-
-
-def tb_dir(workdir: str, run: str = "train") -> str:
-    """The TensorBoard run directory for `run` ("train" or "eval") under a workdir."""
-    return os.path.join(workdir, "tb", run)
-
+from promethios_jax import workdir as workdir_lib
 
 def _to_float(value) -> float:
     # Accepts Python numbers, numpy scalars and 0-d jax arrays (already on host or not).
@@ -46,9 +39,9 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str, enabled: bool = True, run: str = "train",
-                 jsonl_name: str | None = "metrics.jsonl"):
+                 jsonl_name: str | None = workdir_lib.METRICS):
         self.enabled = enabled
-        self.logdir = tb_dir(workdir, run)
+        self.logdir = str(workdir_lib.tb_dir(workdir, run))
         self._tb = None
         self._jsonl = None
         if not enabled:
@@ -120,7 +113,7 @@ class MetricsWriter:
 
 
 def train_scalars(step_metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The train step's metrics under train/: `loss`, `loss_<part>` (LOSS_PARTS),
+    """The train step's metrics under train/: `loss`, `loss_<part>` (model.heads.LOSS_PARTS),
     `learning_rate`, `grad_norm`, `param_norm` become train/loss, train/loss_lm, ..."""
     return {f"train/{k}": _to_float(v) for k, v in step_metrics.items()}
 
