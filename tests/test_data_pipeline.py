@@ -246,6 +246,6 @@ def test_token_lengths_are_cached_and_invalidated(tmp_path):
     assert len(caches) == 1
     again, _ = pipeline.fitted_lengths(str(d), c)
     np.testing.assert_array_equal(first, again)
-    generate.generate_dataset(str(d), 60, seed=1)  # new data: the old cache goes
-    assert not any(p.exists() for p in caches)
+    generate.generate_dataset(str(d), 60, seed=1)  # new data: a new cache, and the old one goes
     assert not np.array_equal(pipeline.fitted_lengths(str(d), c)[0], first)
+    assert not any(p.exists() for p in caches) and len(list(d.glob("lengths-train-*.npy"))) == 1

@@ -350,8 +350,6 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
             "precedence": ["distress", "trust_gate", "evidence_gate", "decline_if_denied", "high_or_medium"],
         },
     }
-    for stale in out.glob("lengths-*.npy"):  # the pipeline's token-length caches of older data
-        stale.unlink()
     for split in SPLITS:
         counts, rates = _summaries(splits[split])
         manifest["counts"]["by_split"][split] = counts

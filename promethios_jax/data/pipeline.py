@@ -225,15 +225,30 @@ class PackedRows:
         return {k: v[0] for k, v in out.items()}
 
 
+def _length_cache(data_dir, split: str, tokenizer) -> Path:
+    """DATA_DIR/lengths-<split>-<data key>-<tokenizer key>.npy; the data key hashes the manifest."""
+    manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
+    data_key = hashlib.sha1(manifest).hexdigest()[:12]
+    tok_key = hashlib.sha1(tokenizer.fingerprint.encode()).hexdigest()[:12]
+    return Path(data_dir) / f"lengths-{split}-{data_key}-{tok_key}.npy"
+
+
+def _drop_stale_caches(cache: Path) -> None:
+    """Removes the split's length caches of other data (a regenerated dir); other tokenizers' stay."""
+    split, data_key = cache.name.split("-")[1:3]
+    for old in cache.parent.glob(f"lengths-{split}-*.npy"):
+        if old.name.split("-")[2] != data_key:
+            old.unlink(missing_ok=True)
+
+
 def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     """int64[N, 3]: (prompt, response, tag prefix) token counts of every example of a split.
 
-    Cached in DATA_DIR/lengths-<split>-<key>.npy, keyed by the manifest and the
-    tokenizer, so that restarts skip the tokenizing pass; a read-only dir just recomputes.
+    Cached in DATA_DIR (see _length_cache), keyed by the manifest and the tokenizer, so
+    that restarts skip the tokenizing pass; caches of older data in the dir are removed
+    when a new one is written; a read-only dir just recomputes.
     """
-    manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
-    key = hashlib.sha1(manifest + tokenizer.fingerprint.encode()).hexdigest()[:16]
-    cache = Path(data_dir) / f"lengths-{split}-{key}.npy"
+    cache = _length_cache(data_dir, split, tokenizer)
     records = ShardedRecords(data_dir, split)
     if cache.is_file():
         try:
@@ -250,6 +265,7 @@ def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
         os.replace(tmp, cache)
+        _drop_stale_caches(cache)
     except OSError:
         pass
     return out
