@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from promethios_jax.config import base_config
-from promethios_jax.data import generate, pipeline, schema, tokenizer
+from promethios_jax.data import generate, packing, pipeline, schema, tokenizer
 from promethios_jax.data.batch import NAMES as KEYS
 from promethios_jax.data.records import DataError, load_split
 
@@ -42,7 +42,7 @@ def check_row(row: dict, recs: list, tok, max_len: int):
         idx = np.flatnonzero(seg == s + 1)
         start, end = idx[0], idx[-1] + 1
         assert len(idx) == end - start  # contiguous
-        p, r = pipeline._encode_fitted(rec, tok, max_len)
+        p, r = packing.encode_fitted(rec, tok, max_len)
         n_p = len(p)
         np.testing.assert_array_equal(row["tokens"][start:end], np.concatenate([p, r]))
         np.testing.assert_array_equal(row["positions"][start:end], np.arange(end - start))
@@ -102,8 +102,8 @@ def test_every_example_once_per_epoch(data_dir):
     c = config(max_len=1024)
     lengths, stats = pipeline.fitted_lengths(data_dir, c)
     assert stats["skipped"] == 0 and stats["truncated"] == 0
-    m0, s0 = pipeline.pack_plan(lengths, 0, 0, 1024, 8)
-    m1, _ = pipeline.pack_plan(lengths, 0, 1, 1024, 8)
+    m0, s0 = packing.pack_plan(lengths, 0, 0, 1024, 8)
+    m1, _ = packing.pack_plan(lengths, 0, 1, 1024, 8)
     assert sorted(m0.tolist()) == list(range(len(lengths))) == sorted(m1.tolist())
     assert m0.tolist() != m1.tolist()  # reshuffled per epoch
     fill = np.add.reduceat(lengths[m0], s0[:-1])
