@@ -28,6 +28,7 @@ from promethios_jax import config as config_lib
 from promethios_jax import metrics as metrics_lib
 from promethios_jax import workdir as workdir_lib
 from promethios_jax.data import generate, pipeline
+from promethios_jax.data.records import DataError
 
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
@@ -125,15 +126,16 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     data_dir = prepare_data(config, wd)
     n_params = setup.param_count
     manager = ckpt.make_manager(wd, config.checkpoint)
+    loader = pipeline.make_train_iterator(config, str(data_dir), jax.process_index(), jax.process_count())
     restored = ckpt.restore_latest(manager, setup.abstract)
     if restored is None:
         state = jax.jit(setup.init, out_shardings=setup.shardings)()
-        start_batch = 0
         print(f"initialised {n_params:,} parameters on mesh {dict(mesh.shape)}", flush=True)
     else:
         state, it_state, step = restored
-        start_batch = ckpt.resume_position(it_state, config, step)
-        print(f"resumed from step {step} (data position: batch {start_batch}) on mesh {dict(mesh.shape)}", flush=True)
+        loader.set_state(it_state, where=f"checkpoint step {step}")
+        print(f"resumed from step {step} (data position: batch {loader.batches_consumed}) on mesh "
+              f"{dict(mesh.shape)}", flush=True)
     step = int(jax.device_get(state["step"]))
     if primary and step < config.train.steps:
         workdir_lib.clear_done(wd)  # a resumed run with more steps: eval --watch must keep waiting
@@ -142,8 +144,6 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     if step == 0:
         writer.write_config(config, n_params)
 
-    loader = pipeline.make_train_iterator(config, str(data_dir), jax.process_index(), jax.process_count(),
-                                          start_batch=start_batch)
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     total_steps = config.train.steps if stop_after is None else min(config.train.steps, stop_after)
@@ -157,7 +157,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     def save(step_now: int):
         nonfinite.check(state, step_now)  # under "stop", never save a state past a non-finite step
         with tracker.checkpoint():
-            ckpt.save(manager, step_now, state, ckpt.data_iter_state(loader, config), config, force=True)
+            ckpt.save(manager, step_now, state, loader.get_state(), config, force=True)
 
     try:
         while step < total_steps:
@@ -243,7 +243,7 @@ def main(argv):
             dry_run(_CONFIG.value)
         else:
             train(_CONFIG.value, _WORKDIR.value)
-    except (TrainError, config_lib.ConfigError, workdir_lib.WorkdirError, pipeline.DataError,
+    except (TrainError, config_lib.ConfigError, workdir_lib.WorkdirError, DataError,
             distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
