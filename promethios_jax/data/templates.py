@@ -5,8 +5,8 @@ their braces. Texts are short on purpose: the tokenizer is byte-level and two ex
 should pack into a 512-token row. Answers never carry governance tags or telemetry
 values; the tests check every response.
 
-Over 400 lines because it is data (text tables, no logic); splitting it by category
-would only scatter one table.
+Longer than 400 lines because it is the template text itself (tables, no logic);
+splitting it by category would only scatter one table.
 """
 from __future__ import annotations
 
