@@ -11,6 +11,7 @@ from typing import Sequence
 
 import ml_collections
 
+from promethios_jax.model import heads
 from promethios_jax.model.spec import ModelSpec
 
 # Logical axis → mesh axes. Parameters and the batch name logical axes only; this
@@ -46,12 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = lw = ml_collections.ConfigDict()
     lw.lm = 1.0
-    lw.hitl = 1.0
-    lw.decision = 0.5
-    lw.confidence = 0.5
-    lw.uncertainty = 0.5
-    lw.bias = 0.5
-    lw.tool = 0.5
+    for head in heads.HEADS:  # one weight per loss part
+        lw[head.name] = head.loss_weight
     lw.uncertainty_weighting = False  # Kendall et al. learned task weights
     # The model holds the learned log-variances only when asked; this reference keeps the
     # model key equal to loss.uncertainty_weighting (set either one).

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any, Mapping
 
+import jax
+
 from promethios_jax import flops
 from promethios_jax import workdir as workdir_lib
 
@@ -124,8 +126,6 @@ def device_memory_stats(devices=None) -> dict[str, float]:
     Empty where the backend keeps no statistics (CPU returns None).
     """
     if devices is None:
-        import jax
-
         devices = jax.local_devices()
     out: dict[str, float] = {}
     for device in devices:
@@ -225,8 +225,6 @@ def tracker_from_config(config, num_devices: int, device_kind: str | None = None
     config.monitor.peak_tflops > 0.
     """
     if device_kind is None:
-        import jax
-
         device_kind = jax.devices()[0].device_kind
 
     seq_len = config.model.max_seq_len

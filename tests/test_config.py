@@ -5,6 +5,8 @@ import dataclasses
 import pytest
 
 from promethios_jax.config import ConfigError, base_config, validate
+from promethios_jax.model.backbone import remat_policy
+from promethios_jax.model.heads import HEADS, LOSS_PARTS
 from promethios_jax.model.spec import REMAT_POLICIES, ModelSpec
 
 
@@ -38,8 +40,6 @@ def test_validate_refuses_model_values_by_key(key, value, message):
 
 
 def test_every_remat_policy_validates_and_builds():
-    from promethios_jax.model.backbone import remat_policy
-
     for name in REMAT_POLICIES:
         c = base_config()
         c.model.remat_policy = name
@@ -56,3 +56,9 @@ def test_cudnn_attention_is_refused_off_gpu_naming_the_working_value():
         validate(c, backend="cpu")
     c.model.attention_impl = "xla"
     validate(c, backend="cpu")
+
+
+def test_one_loss_weight_per_loss_part():
+    lw = base_config().loss
+    assert set(lw) - {"uncertainty_weighting"} == set(LOSS_PARTS)
+    assert all(lw[h.name] == h.loss_weight for h in HEADS)

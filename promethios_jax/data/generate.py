@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from array_record.python import array_record_module
 
 from promethios_jax.data import schema, templates
 
@@ -294,8 +295,6 @@ def _summaries(records: list) -> tuple:
 
 
 def _write_split(out: Path, split: str, records: list) -> list:
-    from array_record.python import array_record_module
-
     for old in out.glob(f"{split}-*-of-*.array_record"):
         old.unlink()
     n_shards = max(1, -(-len(records) // SHARD_RECORDS))

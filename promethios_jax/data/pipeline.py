@@ -35,6 +35,7 @@ from pathlib import Path
 
 import grain
 import numpy as np
+from absl import flags
 
 from promethios_jax.data import batch as batch_lib
 from promethios_jax.data import packing, position
@@ -267,7 +268,6 @@ def make_train_iterator(config, data_dir, process_index: int = 0, process_count:
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
                                                   prefetch_buffer_size=buffer))
         if workers > 0:
-            from absl import flags
             if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app use defaults
                 flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
