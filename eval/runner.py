@@ -19,8 +19,7 @@ from pathlib import Path
 from eval import communication as C
 from eval import predict, report, scoring
 from promethios_jax.checkpoint import load
-from promethios_jax.data import pipeline
-from promethios_jax.data.records import DataError, read_manifest
+from promethios_jax.data.records import DataError, load_split, read_manifest
 from promethios_jax.workdir import (DONE, WorkdirError, checkpoint_dir, checkpoint_steps, data_dir,
                                     eval_dir, training_done)
 
@@ -77,7 +76,7 @@ def _read_split(config, workdir: Path, split: str):
         raise EvalError(f"{e}; the eval job scores the split the run was trained with "
                         "(config.data.path, or WORKDIR/data)") from e
     try:
-        records = {str(r["id"]): r for r in pipeline.load_split(str(ddir), split)}
+        records = {str(r["id"]): r for r in load_split(str(ddir), split)}
     except (DataError, OSError, KeyError, ValueError) as e:
         raise EvalError(f"cannot read split {split!r} from {ddir}: {e}") from e
     if not records:

@@ -36,6 +36,8 @@ DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (ml-collections get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory: data, checkpoints, TensorBoard, metrics.jsonl.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the mesh, report memory and FLOPs, exit.")
+_OVERSUBSCRIBE = flags.DEFINE_bool("allow_oversubscribe", False, "Run even when the compiled step needs more memory "
+                                   "per device than a device holds (it will likely fail to allocate).")
 distributed.define_flags()
 
 
@@ -113,14 +115,23 @@ class NonFiniteWatch:
         return count
 
 
-def train(config, workdir: str, stop_after: int | None = None) -> dict:
-    """Runs (or resumes) training; returns the last logged metrics."""
+def train(config, workdir: str, stop_after: int | None = None, allow_oversubscribe: bool = False) -> dict:
+    """Runs (or resumes) training; returns the last logged metrics.
+
+    Order: validation (config and backend), the ahead-of-time compile and the memory
+    check, then data, then the state (restored or initialised): a run that cannot work
+    is refused before anything is generated or allocated."""
     wd = workdir_lib.ensure_writable(workdir)
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_lib.validate(config, jax.device_count(), jax.process_count(), backend=jax.default_backend())
     mesh = sharding.make_mesh(config)
     primary = jax.process_index() == 0
 
     compiled = aot.compile_step(config, mesh)
+    fit = aot.check_fit(config, mesh, compiled, allow=allow_oversubscribe)
+    if primary:
+        need = fit["bytes_per_device"]
+        print(f"compiled the train step in {compiled.compile_s:.1f}s"
+              + (f" ({need / 2**30:.2f} GiB per device)" if need is not None else ""), flush=True)
     setup = compiled.setup
     batch_sh = {k: a.sharding for k, a in compiled.batch.items()}
     data_dir = prepare_data(config, wd)
@@ -242,7 +253,11 @@ def main(argv):
         if _DRY_RUN.value:
             dry_run(_CONFIG.value)
         else:
-            train(_CONFIG.value, _WORKDIR.value)
+            train(_CONFIG.value, _WORKDIR.value, allow_oversubscribe=_OVERSUBSCRIBE.value)
+    except aot.DoesNotFit as e:
+        print(f"error: --config={config_flags.get_config_filename(flags.FLAGS['config'])}: {e}", file=sys.stderr,
+              flush=True)
+        return 2
     except (TrainError, config_lib.ConfigError, workdir_lib.WorkdirError, DataError,
             distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
