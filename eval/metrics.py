@@ -36,6 +36,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from promethios_jax.data.schema import DOMAIN_TRUST
+
 ECE_BINS = 15
 ECE_EQUAL_MASS_BINS = 10
 TARGET_RISK = 0.05
@@ -218,8 +220,7 @@ def domain_compliance(escalated, trust, domains: Sequence[str],
     """Of the examples whose trust is under their domain's requirement, the share the
     model escalates. Domains without a requirement are left out. Default mapping:
     promethios_jax.data.schema.DOMAIN_TRUST."""
-    if domain_trust is None:
-        from promethios_jax.data.schema import DOMAIN_TRUST as domain_trust
+    domain_trust = DOMAIN_TRUST if domain_trust is None else domain_trust
     escalated = np.asarray(escalated).astype(bool).ravel()
     under = _under(trust, trust_requirement(domains, domain_trust))
     n = int(under.sum())
