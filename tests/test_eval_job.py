@@ -153,7 +153,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "tb").exists()  # nothing scored, nothing written
 
 
-def test_cli_without_checkpoint_exits_2_before_importing_jax(tmp_path):
+def test_cli_without_checkpoint_exits_2_quickly(tmp_path):
     import subprocess
     import sys
 
