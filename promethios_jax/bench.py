@@ -6,9 +6,9 @@
 What is timed is the train step exactly as training builds it (`aot.compile_step`: the
 same model, loss, optimizer, shardings and donation), on the mesh from the config.
 
-The batches are synthetic, so that the figure is the model's and the step's, not the
-input pipeline's (that one has its own benchmark, `promethios_jax.data.bench`). They have
-training's shapes and a fixed layout: even rows hold one document, odd rows two packed
+The batches are synthetic (`data/synthetic.py`), so that the figure is the model's and
+the step's, not the input pipeline's (that one has its own benchmark,
+`promethios_jax.data.bench`). They have training's shapes and a fixed layout: even rows hold one document, odd rows two packed
 documents (5/8 and 3/8 of the row), every slot belongs to a document (no padding); each
 document has a prompt (its first quarter) whose last token carries the governance head
 slot, LM targets on the response, random tokens, telemetry and head labels drawn inside
@@ -45,19 +45,15 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from promethios_jax import aot, distributed, flops, metrics, sharding
 from promethios_jax import config as config_lib
-from promethios_jax.data import batch as batch_lib
-from promethios_jax.data import schema
+from promethios_jax.data import synthetic
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 
-# Two documents per odd row, split at this fraction of the row.
-SPLIT_FRACTION = 5 / 8
 NUM_BATCHES = 2
 
 
@@ -75,41 +71,7 @@ def _define_flags():
 
 
 # ---------------------------------------------------------------------------------------
-# Synthetic batches
-
-
-def _doc_spans(length: int, row: int, slots: int) -> list[tuple[int, int]]:
-    if row % 2 == 0 or slots < 2 or length < 8:
-        return [(0, length)]
-    cut = int(length * SPLIT_FRACTION)
-    return [(0, cut), (cut, length)]
-
-
-def synthetic_batch(config, seed: int = 0) -> dict:
-    """A global batch of numpy arrays in the declared batch layout (data/batch.py)."""
-    m = config.model
-    b, length, s = config.train.global_batch_size, m.max_seq_len, config.data.max_segments_per_row
-    rng = np.random.default_rng(seed)
-    out = batch_lib.empty(b, length, s)
-    out["tokens"] = rng.integers(0, m.vocab_size, (b, length), dtype=np.int32)
-    classes = {"hitl": 2, "decision": m.n_decisions, "confidence": m.n_confidence, "tool": m.n_tools,
-               "conflict": len(schema.CONFLICTS)}
-    for row in range(b):
-        for slot, (start, end) in enumerate(_doc_spans(length, row, s)):
-            n = end - start
-            prompt = max(1, n // 4)
-            out["targets"][row, start:end - 1] = out["tokens"][row, start + 1:end]
-            out["loss_mask"][row, start + prompt - 1:end - 1] = 1.0
-            out["segment_ids"][row, start:end] = slot + 1
-            out["positions"][row, start:end] = np.arange(n, dtype=np.int32)
-            out["telemetry"][row, start:end] = rng.random(schema.TELEMETRY_DIM, dtype=np.float32)
-            out["head_positions"][row, slot] = start + prompt - 1
-            out["head_mask"][row, slot] = 1.0
-            for key, k in classes.items():
-                out[key][row, slot] = rng.integers(0, k)
-            out["uncertainty"][row, slot] = rng.random(len(schema.UNCERTAINTY_DIMS), dtype=np.float32)
-            out["bias"][row, slot] = rng.random(len(schema.BIAS_CATEGORIES), dtype=np.float32)
-    return out
+# Placing batches
 
 
 def place_batch(batch: dict, batch_abs: dict) -> dict:
@@ -141,7 +103,7 @@ def run_benchmark(config, steps: int = 10, repeats: int = 5, warmup: int = 3, ba
     xla_bytes = step.memory()["bytes_per_device"]
 
     state = jax.jit(step.setup.init, out_shardings=step.setup.shardings)()
-    batches = [place_batch(synthetic_batch(config, batch_seed + i), batch_abs) for i in range(NUM_BATCHES)]
+    batches = [place_batch(synthetic.batch(config, batch_seed + i), batch_abs) for i in range(NUM_BATCHES)]
     jax.block_until_ready((state, batches))
 
     i = 0

@@ -29,6 +29,8 @@ from promethios_jax import metrics as metrics_lib
 from promethios_jax import state as state_lib
 from promethios_jax import workdir as workdir_lib
 from promethios_jax.data import generate, pipeline
+from promethios_jax.data.records import DataError
+from promethios_jax.data.tokenizer import TokenizerError
 
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
@@ -36,6 +38,8 @@ DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (ml-collections get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory: data, checkpoints, TensorBoard, metrics.jsonl.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the mesh, report memory and FLOPs, exit.")
+_OVERSUBSCRIBE = flags.DEFINE_bool("allow_oversubscribe", False, "Run even when the compiled step needs more memory "
+                                   "per device than a device holds (it will likely fail to allocate).")
 distributed.define_flags()
 
 
@@ -113,13 +117,6 @@ class NonFiniteWatch:
         return count
 
 
-def make_plan(config, data_dir: Path) -> stages.Plan:
-    """The run's stages and their steps; epochs are counted on the packed training rows."""
-    needs_rows = any(s.epochs is not None for s in stages.parse_stages(config))
-    lengths = pipeline.fitted_lengths(str(data_dir), config)[0] if needs_rows else None
-    return stages.make_plan(config, lengths, str(data_dir))
-
-
 def enter_stage(state: dict, setup: state_lib.TrainSetup) -> dict:
     """The state as the next stage starts it: the parameters and counters carry over, the
     optimizer state is the stage's own, fresh (what trains and the schedule may change)."""
@@ -131,70 +128,97 @@ def enter_stage(state: dict, setup: state_lib.TrainSetup) -> dict:
 
 
 class StageRunner:
-    """The compiled step and data of the stage being trained; `enter` moves to another."""
+    """The compiled step (memory checked) and the data of the stage being trained."""
 
-    def __init__(self, plan: stages.Plan, mesh, data_dir: Path):
-        self.plan, self.mesh, self.data_dir = plan, mesh, data_dir
-        self.index = None
-        self.compiled = self.loader = self.batch_sh = None
+    def __init__(self, plan: stages.Plan, mesh, allow_oversubscribe: bool, primary: bool):
+        self.plan, self.mesh, self.allow, self.primary = plan, mesh, allow_oversubscribe, primary
+        self.index = self.compiled = self.loader = self.batch_sh = None
 
     @property
     def config(self):
         return self.plan.configs[self.index]
 
-    def enter(self, k: int, start_batch: int):
+    def compile(self, k: int):
         self.close()
         self.index = k
         self.compiled = aot.compile_step(self.config, self.mesh)
+        fit = aot.check_fit(self.config, self.mesh, self.compiled, allow=self.allow)
         self.batch_sh = {name: a.sharding for name, a in self.compiled.batch.items()}
-        self.loader = pipeline.make_train_iterator(self.config, str(self.data_dir), jax.process_index(),
-                                                   jax.process_count(), start_batch=start_batch)
+        if self.primary:
+            need = fit["bytes_per_device"]
+            print(f"compiled the train step in {self.compiled.compile_s:.1f}s"
+                  + (f" ({need / 2**30:.2f} GiB per device)" if need is not None else ""), flush=True)
+
+    def open_data(self, data_dir: Path, position: dict | None = None, where: str = ""):
+        self.loader = pipeline.make_train_iterator(self.config, str(data_dir), jax.process_index(),
+                                                   jax.process_count())
+        if position is not None:
+            self.loader.set_state(position, where=where)
 
     def close(self):
         if self.loader is not None:
             self.loader.close()
+            self.loader = None
 
 
-def train(config, workdir: str, stop_after: int | None = None) -> dict:
-    """Runs (or resumes) training through its stages; returns the last logged metrics."""
+def train(config, workdir: str, stop_after: int | None = None, allow_oversubscribe: bool = False) -> dict:
+    """Runs (or resumes) training through its stages (stages.py); returns the last logged metrics.
+
+    Order: validation (config and backend), the ahead-of-time compile and the memory
+    check, then data, then the state (restored or initialised): a run that cannot work
+    is refused before anything is generated or allocated. Epochs need the data to count
+    steps, so a run counted in epochs generates its data before the compile."""
     wd = workdir_lib.ensure_writable(workdir)
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_lib.validate(config, jax.device_count(), jax.process_count(), backend=jax.default_backend())
     mesh = sharding.make_mesh(config)
     primary = jax.process_index() == 0
-    data_dir = prepare_data(config, wd)
-    plan = make_plan(config, data_dir)
+    data_dir = None
+    if any(s.epochs is not None for s in stages.parse_stages(config)):
+        data_dir = prepare_data(config, wd)
+        plan = stages.make_plan(config, pipeline.fitted_lengths(str(data_dir), config)[0], str(data_dir))
+    else:
+        plan = stages.make_plan(config)
     multi = len(plan.stages) > 1
     manager = ckpt.make_manager(wd, config.checkpoint)
-
-    # A checkpoint holds the optimizer state of the stage of its last step: restore into that.
+    # A checkpoint holds the optimizer state of the stage of its last step.
     saved = sorted(manager.all_steps())
     k_state = plan.stage_of_state(saved[-1] if saved else 0)
-    restored = ckpt.restore_latest(manager, state_lib.abstract_train_state(plan.configs[k_state], mesh).abstract)
-    if restored is not None and plan.stage_of_state(restored[2]) != k_state:  # fell back across a boundary
-        k_state = plan.stage_of_state(restored[2])
+    k, _ = plan.locate(saved[-1] if saved else 0)
+    total_steps = plan.total_steps if stop_after is None else min(plan.total_steps, stop_after)
+    runner = StageRunner(plan, mesh, allow_oversubscribe, primary)
+    if k < len(plan.stages):
+        runner.compile(k)
+    if data_dir is None:
+        data_dir = prepare_data(config, wd)
+
+    def restore(k_from):
+        abstract = (runner.compiled.setup if runner.index == k_from
+                    else state_lib.abstract_train_state(plan.configs[k_from], mesh)).abstract
+        return ckpt.restore_latest(manager, abstract)
+
+    restored = restore(k_state) if saved else None
+    if restored is not None and plan.stage_of_state(restored[2]) != k_state:
+        # An unreadable newest checkpoint made it fall back across a stage boundary.
+        k_state, (k, _) = plan.stage_of_state(restored[2]), plan.locate(restored[2])
+        runner.compile(k)
         restored = ckpt.restore_latest(manager, state_lib.abstract_train_state(plan.configs[k_state], mesh).abstract,
                                        step=restored[2])
-    step = 0 if restored is None else restored[2]
-    total_steps = plan.total_steps if stop_after is None else min(plan.total_steps, stop_after)
-    k, _ = plan.locate(step)
-    runner = StageRunner(plan, mesh, data_dir)
-    if step < total_steps:
-        start_batch = 0
-        if restored is not None and k == k_state:
-            start_batch = ckpt.resume_position(restored[1], plan.configs[k], step)
-        runner.enter(k, start_batch)
-    setup = (runner.compiled.setup if runner.compiled is not None
-             else state_lib.abstract_train_state(plan.configs[k_state], mesh))
+    setup = runner.compiled.setup if runner.compiled is not None else state_lib.abstract_train_state(
+        plan.configs[k_state], mesh)
     n_params = setup.param_count
     if restored is None:
         state = jax.jit(setup.init, out_shardings=setup.shardings)()
+        step = 0
         print(f"initialised {n_params:,} parameters on mesh {dict(mesh.shape)}", flush=True)
     else:
-        state = restored[0]
+        state, it_state, step = restored
         if runner.index is not None and runner.index != k_state:
-            state = enter_stage(state, setup)
+            state = enter_stage(state, setup)  # resumed at a stage boundary
         print(f"resumed from step {step} on mesh {dict(mesh.shape)}"
               + (f", stage {plan.stages[k].name!r}" if multi and k < len(plan.stages) else ""), flush=True)
+    if runner.index is not None:
+        mid_stage = restored is not None and runner.index == k_state
+        runner.open_data(data_dir, it_state if mid_stage else None, f"checkpoint step {step}")
     if primary and step < plan.total_steps:
         workdir_lib.clear_done(wd)  # a resumed run with more steps: eval --watch must keep waiting
 
@@ -203,16 +227,17 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         writer.write_config(config, n_params)
 
     def mark_stage(k_now: int, step_now: int):
+        if not multi:
+            return
         s = plan.stages[k_now]
         on, total = trainable.count(state["params"], runner.compiled.setup.trainable)
-        if multi:
-            writer.write_event(step_now, "stage", index=k_now, name=s.name, steps=plan.steps[k_now],
-                               trains=s.trains, trainable_params=on)
-            print(f"stage {k_now + 1}/{len(plan.stages)} {s.name!r} from step {step_now}: {plan.steps[k_now]} steps, "
-                  f"{on:,} of {total:,} parameters train ({s.trains})", flush=True)
+        writer.write_event(step_now, "stage", index=k_now, name=s.name, steps=plan.steps[k_now], trains=s.trains,
+                           trainable_params=on)
+        print(f"stage {k_now + 1}/{len(plan.stages)} {s.name!r} from step {step_now}: {plan.steps[k_now]} steps, "
+              f"{on:,} of {total:,} parameters train ({s.trains})", flush=True)
 
-    if runner.index is not None and plan.start(k) == step:
-        mark_stage(k, step)
+    if runner.index is not None and plan.start(runner.index) == step:
+        mark_stage(runner.index, step)
 
     stop = _StopFlag()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -226,8 +251,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     def save(step_now: int):
         nonfinite.check(state, step_now)  # under "stop", never save a state past a non-finite step
         with tracker.checkpoint():
-            ckpt.save(manager, step_now, state, ckpt.data_iter_state(runner.loader, runner.config), config,
-                      force=True)
+            ckpt.save(manager, step_now, state, runner.loader.get_state(), config, force=True)
 
     try:
         while step < total_steps:
@@ -266,10 +290,10 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             if stopping:
                 break
             if stage_end and step < total_steps:
-                k_next, _ = plan.locate(step)
-                runner.enter(k_next, 0)
+                runner.compile(plan.locate(step)[0])
                 state = enter_stage(state, runner.compiled.setup)
-                mark_stage(k_next, step)
+                runner.open_data(data_dir)
+                mark_stage(runner.index, step)
                 tracker.reset(step)  # leave the new stage's compile out of the throughput figures
     finally:
         profiler.close()
@@ -288,7 +312,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         for s in plan.stages:
             if s.evaluate:
                 print(f"stage {s.name!r}: score the final checkpoint with python -m eval --workdir={wd} "
-                      f"(--watch picks it up)", flush=True)
+                      "(eval --watch picks it up)", flush=True)
     cdir = workdir_lib.checkpoint_dir(wd)
     if stop.signal is None:
         print(f"finished at step {step}; checkpoints in {cdir}", flush=True)
@@ -335,9 +359,13 @@ def main(argv):
         if _DRY_RUN.value:
             dry_run(_CONFIG.value)
         else:
-            train(_CONFIG.value, _WORKDIR.value)
-    except (TrainError, config_lib.ConfigError, workdir_lib.WorkdirError, pipeline.DataError,
-            distributed.DistributedError) as e:
+            train(_CONFIG.value, _WORKDIR.value, allow_oversubscribe=_OVERSUBSCRIBE.value)
+    except aot.DoesNotFit as e:
+        print(f"error: --config={config_flags.get_config_filename(flags.FLAGS['config'])}: {e}", file=sys.stderr,
+              flush=True)
+        return 2
+    except (TrainError, config_lib.ConfigError, workdir_lib.WorkdirError, DataError, TokenizerError,
+            stages.StageError, trainable.TrainableError, distributed.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -17,7 +17,8 @@ from promethios_jax import convert  # noqa: E402
 from promethios_jax import generate as gen  # noqa: E402
 from promethios_jax.data.hf_tokenizer import HFTokenizer, round_vocab  # noqa: E402
 from promethios_jax.data.records import load_split  # noqa: E402
-from promethios_jax.data.tokenizer import _TAG_RE, build_tokenizer, encode_example_arrays  # noqa: E402
+from promethios_jax.data.control import TAG_RE  # noqa: E402
+from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays  # noqa: E402
 from promethios_jax.interop.safetensors_io import SafetensorsReader  # noqa: E402
 from tests.hf_base import base_ids, make_hf_base  # noqa: E402
 
@@ -66,7 +67,7 @@ def test_import_keeps_the_base_ids_and_adds_the_governance_tokens(finetuned):
     assert config.model.vocab_size == round_vocab(tok.vocab_size) == tok.padded_vocab_size
     assert tok.base_vocab_size == 600 and tok.assess_id >= 600
     for rec in load_split(root / "data", "train")[:10]:
-        plain = _TAG_RE.sub("", rec["response"])
+        plain = TAG_RE.sub("", rec["response"])
         np.testing.assert_array_equal(tok.encode_array(plain), base_ids(base, plain))
     # The checkpoint at step 0 holds the base's rows unchanged and the new rows at their mean.
     reader = SafetensorsReader(base)
@@ -90,7 +91,7 @@ def test_transformers_greedy_equals_ours_on_the_export(finetuned):
     for rec in recs:
         prompt, _ = encode_example_arrays(rec, ours_tok)
         # The export's tokenizer gives the same ids for the same (bucketed-tag) text.
-        text = hf_tok.bos_token + _TAG_RE.sub(ours_tok._piece, rec["prompt"]) + "<assess>"
+        text = hf_tok.bos_token + ours_tok.canonical_text(rec["prompt"]) + "<assess>"
         assert hf_tok.encode(text, add_special_tokens=False) == prompt.tolist()
         assert ours_tok.is_control(prompt).sum() >= 5 and prompt[-1] == ours_tok.assess_id
         ours = gen.generate(model, ours_tok, [prompt], telemetry=None, max_new_tokens=12)[0]

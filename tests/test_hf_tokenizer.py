@@ -11,7 +11,7 @@ from promethios_jax.config import base_config  # noqa: E402
 from promethios_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from promethios_jax.data.hf_tokenizer import HFTokenizer, round_vocab  # noqa: E402
 from promethios_jax.data.records import load_split  # noqa: E402
-from promethios_jax.data.tokenizer import _TAG_RE, TokenizerError, control_pieces  # noqa: E402
+from promethios_jax.data.control import TAG_RE, TokenizerError, control_pieces  # noqa: E402
 from tests.hf_base import BOS, CHAT_TEMPLATE, EOS, base_ids, make_corpus, make_hf_tokenizer  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def test_base_ids_never_change_and_the_governance_tokens_follow(base, tok):
     hf_dir, data = base
     base_vocab = json.loads((hf_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert tok.base_vocab_size == 500
-    for text in ["plain words, numbers 0.42 and code: return x", *[_TAG_RE.sub("", t) for t in _texts(data)]]:
+    for text in ["plain words, numbers 0.42 and code: return x", *[TAG_RE.sub("", t) for t in _texts(data)]]:
         np.testing.assert_array_equal(tok.encode_array(text), base_ids(hf_dir, text))
     # The base's bos/eos are reused; pad, <assess> and every control piece are appended in order.
     assert tok.bos_id == base_vocab.get(BOS, tok.bos_id) and tok.special_pieces["bos"] == BOS
@@ -52,10 +52,10 @@ def test_each_tag_is_one_control_token_and_text_round_trips(base, tok):
     _, data = base
     for rec in load_split(data, "train")[:20]:
         ids = tok.encode_array(rec["prompt"])
-        n_tags = len(_TAG_RE.findall(rec["prompt"]))
+        n_tags = len(TAG_RE.findall(rec["prompt"]))
         assert int(tok.is_control(ids).sum()) == n_tags
-        assert list(ids[:n_tags]) == [tok.tag_id(m.group(1), m.group(2)) for m in _TAG_RE.finditer(rec["prompt"])]
-        canonical = _TAG_RE.sub(tok._piece, rec["prompt"])
+        assert list(ids[:n_tags]) == [tok.tag_id(m.group(1), m.group(2)) for m in TAG_RE.finditer(rec["prompt"])]
+        canonical = tok.canonical_text(rec["prompt"])
         assert tok.decode(ids) == canonical
     assert tok.encode("<bos><assess><eos>") == [tok.bos_id, tok.assess_id, tok.eos_id]
     assert tok.tag_id("trust", "0.72") == tok.encode("<gov:trust=0.70>")[0]
@@ -73,7 +73,7 @@ def test_export_loads_in_transformers_with_the_same_ids(base, tok, tmp_path):
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (tok.bos_id, tok.eos_id, tok.pad_id)
     assert len(hf) == tok.vocab_size
     for text in _texts(data):
-        assert hf.encode(_TAG_RE.sub(tok._piece, text), add_special_tokens=False) == tok.encode(text)
+        assert hf.encode(tok.canonical_text(text), add_special_tokens=False) == tok.encode(text)
     assert hf.convert_ids_to_tokens(tok.assess_id) == "<assess>"
     # Re-importing the export adds nothing: every piece is already there, at the same id.
     again = HFTokenizer(tmp_path / "out")
@@ -90,7 +90,7 @@ def test_export_loads_in_transformers_with_the_same_ids(base, tok, tmp_path):
 def test_sentencepiece_only_base(base, tmp_path):
     spm = pytest.importorskip("sentencepiece")
     _, data = base
-    lines = [line for t in _texts(data, 60) for line in _TAG_RE.sub("", t).split("\n") if line]
+    lines = [line for t in _texts(data, 60) for line in TAG_RE.sub("", t).split("\n") if line]
     (tmp_path / "sp").mkdir()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "sp" / "tokenizer"),
                                    vocab_size=600, model_type="bpe", byte_fallback=True, minloglevel=2,
@@ -151,7 +151,7 @@ def test_chat_template_formats_the_prompt(base, tmp_path):
     rec = load_split(data, "train")[0]
     prompt, response = tokenizer_lib.encode_example_arrays(rec, tok)
     hf = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    rendered = hf.apply_chat_template([{"role": "user", "content": _TAG_RE.sub(tok._piece, rec["prompt"])}],
+    rendered = hf.apply_chat_template([{"role": "user", "content": tok.canonical_text(rec["prompt"])}],
                                       add_generation_prompt=True, tokenize=False)
     assert prompt.tolist() == tok.encode(rendered) + [tok.assess_id]
     assert prompt[0] == tok.bos_id and prompt.tolist().count(tok.bos_id) == 1

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from promethios_jax.data.tokenizer import (_TAG_RE, TokenizerError, canonical_tag, control_pieces,
-                                            encode_around_tags)
+from promethios_jax.data.control import TAG_RE, TokenizerError, canonical_tag, control_pieces, encode_around_tags
 
 VOCAB_MULTIPLE = 128
 TOKENIZER_JSON = "tokenizer.json"
@@ -218,10 +217,15 @@ class HFTokenizer:
             return "<assess>" if m.group(3) == "assess" else self.special_pieces[m.group(3)]
         return canonical_tag(m.group(1), m.group(2))
 
+    def canonical_text(self, text: str) -> str:
+        """`text` as the exported tokenizer should be given it: tags bucketed, <bos>/<eos>/<pad>
+        as the base's pieces. `AutoTokenizer(export).encode(canonical_text(t))` is `encode(t)`."""
+        return TAG_RE.sub(self._piece, text)
+
     def encode_array(self, text: str) -> np.ndarray:
         """int32 ids of `text`; tags (bucketed) and <bos>/<eos>/<assess>/<pad> become single ids."""
         if self.kind == "tokenizers":  # added tokens split the text inside the library
-            return np.asarray(self._base.encode(_TAG_RE.sub(self._piece, text)), np.int32)
+            return np.asarray(self._base.encode(self.canonical_text(text)), np.int32)
         return encode_around_tags(text, self._base.encode, self._special_ids, self._gov)
 
     def encode(self, text: str) -> list[int]:

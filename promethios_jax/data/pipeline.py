@@ -35,118 +35,16 @@ from pathlib import Path
 
 import grain
 import numpy as np
+from absl import flags
 
 from promethios_jax.data import batch as batch_lib
-from promethios_jax.data import mix, position, schema
+from promethios_jax.data import mix, packing, position
 from promethios_jax.data.records import MANIFEST, DataError, ShardedRecords
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays
 
 log = logging.getLogger(__name__)
 
-PACK_WINDOW = 16  # open rows first-fit considers; older rows are closed
 _ROW_LIMIT = 2 ** 62  # the row stream is infinite; Grain needs a length
-
-
-def _prefix_len(prompt_ids: np.ndarray, tokenizer) -> int:
-    """Tokens up to and including the last governance tag (<bos> plus the tags)."""
-    gov = np.flatnonzero(tokenizer.is_control(prompt_ids))
-    return int(gov[-1]) + 1 if len(gov) else 1
-
-
-def _fit(prompt_len: int, response_len: int, prefix_len: int, max_len: int) -> tuple[int, int] | None:
-    """(request tokens to cut, response tokens to cut) to fit `max_len`; None if it cannot."""
-    over = prompt_len + response_len - max_len
-    if over <= 0:
-        return 0, 0
-    cut_req = min(over, prompt_len - prefix_len - 1)  # never the tags, never <assess>
-    cut_resp = over - cut_req
-    if cut_resp >= response_len:
-        return None
-    return cut_req, cut_resp
-
-
-def _encode_fitted(rec: dict, tokenizer, max_len: int):
-    """(prompt, response) ids fitted to `max_len`, or None if the example cannot fit."""
-    prompt, response = encode_example_arrays(rec, tokenizer)
-    cuts = _fit(len(prompt), len(response), _prefix_len(prompt, tokenizer), max_len)
-    if cuts is None:
-        return None
-    cut_req, cut_resp = cuts
-    if cut_req:
-        prompt = np.concatenate([prompt[:len(prompt) - 1 - cut_req], prompt[-1:]])
-    if cut_resp:
-        response = response[:len(response) - cut_resp]
-    return prompt, response
-
-
-def _labels(rec: dict) -> tuple:
-    lab = rec["labels"]
-    return (int(lab["hitl"]), schema.DECISIONS.index(lab["decision"]),
-            schema.CONFIDENCE_BANDS.index(lab["confidence"]), schema.TOOLS.index(lab["tool"]),
-            schema.CONFLICTS.index(lab["conflict"]),
-            [float(lab["uncertainty"][k]) for k in schema.UNCERTAINTY_DIMS],
-            [float(lab["bias"][k]) for k in schema.BIAS_CATEGORIES])
-
-
-def _place(out: dict, row: int, slot: int, offset: int, seg_id: int, rec: dict, prompt, response) -> int:
-    """Writes one example into `out[row]` at `offset` as segment `seg_id`; returns its length."""
-    n_p, n = len(prompt), len(prompt) + len(response)
-    end = offset + n
-    tok = out["tokens"][row]
-    tok[offset:offset + n_p] = prompt
-    tok[offset + n_p:end] = response
-    out["targets"][row, offset:end - 1] = tok[offset + 1:end]  # the last target stays <pad>, unmasked
-    out["loss_mask"][row, offset + n_p - 1:end - 1] = 1.0  # targets that are response tokens
-    out["segment_ids"][row, offset:end] = seg_id
-    out["positions"][row, offset:end] = np.arange(n, dtype=np.int32)
-    out["telemetry"][row, offset:end] = schema.telemetry_vector(rec["telemetry"], rec["domain"])
-    out["head_positions"][row, slot] = offset + n_p - 1  # the <assess> token
-    out["head_mask"][row, slot] = 1.0
-    hitl, decision, confidence, tool, conflict, unc, bias = _labels(rec)
-    out["hitl"][row, slot], out["decision"][row, slot] = hitl, decision
-    out["confidence"][row, slot], out["tool"][row, slot], out["conflict"][row, slot] = confidence, tool, conflict
-    out["uncertainty"][row, slot], out["bias"][row, slot] = unc, bias
-    return n
-
-
-def pack_plan(lengths: np.ndarray, seed: int, epoch: int, max_len: int, max_segments: int,
-              window: int = PACK_WINDOW, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch's rows as CSR (members, row_starts): first-fit over a seeded shuffle, or
-    over `order` (an epoch's example indices, repeats allowed: a category mix).
-
-    `lengths[i] <= 0` marks an example that is skipped. Rows are numbered in the order
-    they open; members keep their insertion order.
-    """
-    lengths = np.asarray(lengths)
-    if order is None:
-        order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(lengths))
-    order = np.asarray(order, np.int64)
-    order = order[lengths[order] > 0]
-    lens = lengths.tolist()
-    min_len = int(lengths[lengths > 0].min()) if len(order) else 1
-    rows: list[list[int]] = []
-    space: list[int] = []
-    opened: list[int] = []
-    for i in order.tolist():
-        n = lens[i]
-        for r in opened:
-            if space[r] >= n:
-                rows[r].append(i)
-                space[r] -= n
-                if space[r] < min_len or len(rows[r]) >= max_segments:
-                    opened.remove(r)
-                break
-        else:
-            rows.append([i])
-            space.append(max_len - n)
-            if space[-1] >= min_len and max_segments > 1:
-                opened.append(len(rows) - 1)
-                if len(opened) > window:
-                    opened.pop(0)
-    starts = np.zeros(len(rows) + 1, np.int64)
-    starts[1:] = np.cumsum([len(r) for r in rows])
-    members = np.fromiter((i for r in rows for i in r), np.int64, count=int(starts[-1]))
-    return members, starts
 
 
 class PackedRows:
@@ -197,7 +95,8 @@ class PackedRows:
         plan = self._plans.get(epoch)
         if plan is None:
             order = mix.mix_epoch(self.categories, self.mix, self.seed, epoch) if self.mix else None
-            plan = pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments, order=order)
+            plan = packing.pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments,
+                                     order=order)
             if len(self._plans) >= 4:
                 self._plans.pop(min(self._plans))
             self._plans[epoch] = plan
@@ -228,11 +127,11 @@ class PackedRows:
         offset = 0
         for slot, i in enumerate(self.examples(int(row)).tolist()):
             rec = self.records[i]
-            fitted = _encode_fitted(rec, self.tokenizer, self.max_len)
+            fitted = packing.encode_fitted(rec, self.tokenizer, self.max_len)
             if fitted is None or offset + len(fitted[0]) + len(fitted[1]) > self.max_len:
                 raise DataError(f"train record {i} ({rec.get('id')}) no longer fits the plan: "
                                 "the shards changed after the iterator was built")
-            offset += _place(out, 0, slot, offset, slot + 1, rec, *fitted)
+            offset += packing.place(out, 0, slot, offset, slot + 1, rec, *fitted)
         return {k: v[0] for k, v in out.items()}
 
 
@@ -242,15 +141,30 @@ def example_categories(data_dir, split: str = "train") -> np.ndarray:
     return np.array([records[i]["category"] for i in range(len(records))])
 
 
+def _length_cache(data_dir, split: str, tokenizer) -> Path:
+    """DATA_DIR/lengths-<split>-<data key>-<tokenizer key>.npy; the data key hashes the manifest."""
+    manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
+    data_key = hashlib.sha1(manifest).hexdigest()[:12]
+    tok_key = hashlib.sha1(tokenizer.fingerprint.encode()).hexdigest()[:12]
+    return Path(data_dir) / f"lengths-{split}-{data_key}-{tok_key}.npy"
+
+
+def _drop_stale_caches(cache: Path) -> None:
+    """Removes the split's length caches of other data (a regenerated dir); other tokenizers' stay."""
+    split, data_key = cache.name.split("-")[1:3]
+    for old in cache.parent.glob(f"lengths-{split}-*.npy"):
+        if old.name.split("-")[2] != data_key:
+            old.unlink(missing_ok=True)
+
+
 def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     """int64[N, 3]: (prompt, response, tag prefix) token counts of every example of a split.
 
-    Cached in DATA_DIR/lengths-<split>-<key>.npy, keyed by the manifest and the
-    tokenizer, so that restarts skip the tokenizing pass; a read-only dir just recomputes.
+    Cached in DATA_DIR (see _length_cache), keyed by the manifest and the tokenizer, so
+    that restarts skip the tokenizing pass; caches of older data in the dir are removed
+    when a new one is written; a read-only dir just recomputes.
     """
-    manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
-    key = hashlib.sha1(manifest + tokenizer.fingerprint.encode()).hexdigest()[:16]
-    cache = Path(data_dir) / f"lengths-{split}-{key}.npy"
+    cache = _length_cache(data_dir, split, tokenizer)
     records = ShardedRecords(data_dir, split)
     if cache.is_file():
         try:
@@ -262,11 +176,12 @@ def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     out = np.zeros((len(records), 3), np.int64)
     for i in range(len(records)):
         prompt, response = encode_example_arrays(records[i], tokenizer)
-        out[i] = len(prompt), len(response), _prefix_len(prompt, tokenizer)
+        out[i] = len(prompt), len(response), packing.prefix_len(prompt, tokenizer)
     try:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
         os.replace(tmp, cache)
+        _drop_stale_caches(cache)
     except OSError:
         pass
     return out
@@ -282,7 +197,7 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     raw = raw_lengths(data_dir, "train", tok)
     lengths = np.zeros(len(records), np.int64)
     for i, (p, r, h) in enumerate(raw.tolist()):
-        if _fit(p, r, h, max_len) is not None:
+        if packing.fit(p, r, h, max_len) is not None:
             lengths[i] = min(p + r, max_len)
     truncated = int((raw[:, 0] + raw[:, 1] > max_len).sum()) - int((lengths == 0).sum())
     skipped = int((lengths == 0).sum())
@@ -368,7 +283,6 @@ def make_train_iterator(config, data_dir, process_index: int = 0, process_count:
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
                                                   prefetch_buffer_size=buffer))
         if workers > 0:
-            from absl import flags
             if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app use defaults
                 flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
@@ -398,11 +312,11 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
         ids = []
         for row, i in enumerate(range(start, min(start + b, len(records)))):
             rec = records[i]
-            fitted = _encode_fitted(rec, tok, max_len)
+            fitted = packing.encode_fitted(rec, tok, max_len)
             if fitted is None:
                 raise DataError(f"{split} record {i} ({rec.get('id')}) cannot fit "
                                 f"config.model.max_seq_len={max_len}")
-            _place(out, row, 0, 0, 1, rec, *fitted)
+            packing.place(out, row, 0, 0, 1, rec, *fitted)
             out["prompt_lengths"][row] = len(fitted[0])
             ids.append(rec["id"])
         out["ids"] = ids

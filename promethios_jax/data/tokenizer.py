@@ -21,75 +21,32 @@ generated corpus for a larger vocabulary:
 Its model holds the same special and control tokens as single pieces (tags are
 bucketed before SentencePiece sees the text) and falls back to bytes, so every text
 encodes. It needs the optional `sentencepiece` package.
+
+Or a pretrained base's own tokenizer (a Hugging Face directory with `tokenizer.json` or
+`tokenizer.model`, or the file), with the control tokens added: data/hf_tokenizer.py.
+The control tokens themselves (pieces, tag syntax, buckets) are data/control.py's.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from promethios_jax.data import schema
+from promethios_jax.data.control import (TAG_RE, TokenizerError, canonical_tag,  # noqa: F401 (re-exported)
+                                         control_pieces, encode_around_tags)
+from promethios_jax.data.hf_tokenizer import HFTokenizer
+from promethios_jax.data.records import load_split
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<assess>", "<reserved_4>", "<reserved_5>", "<reserved_6>",
                   "<reserved_7>")
 PAD_ID, BOS_ID, EOS_ID, ASSESS_ID = 0, 1, 2, 3
 BYTE_OFFSET = len(SPECIAL_TOKENS)
 GOV_OFFSET = BYTE_OFFSET + 256
-N_BUCKETS = 20
-
-_TAG_RE = re.compile(r"<gov:([a-z_]+)=([^<>\s]*)>|<(pad|bos|eos|assess)>")
-_TAG_RE_BYTES = re.compile(_TAG_RE.pattern.encode())
-
-
-class TokenizerError(ValueError):
-    """Text or a configuration the tokenizer cannot handle."""
-
-
-def _bucket(value: str) -> int:
-    """Bucket of a value given with two decimals; integer hundredths avoid float edge cases."""
-    return min(max(int(round(float(value) * 100)) // 5, 0), N_BUCKETS - 1)
-
-
-def control_pieces() -> list[str]:
-    """Every governance control piece, in id order: `<gov:domain=D>`, then per telemetry key."""
-    pieces = [f"<gov:domain={d}>" for d in schema.DOMAINS]
-    for key in schema.TELEMETRY_KEYS:
-        if key in schema.NUMERIC_KEYS:
-            pieces += [f"<gov:{key}={b * 5 / 100:.2f}>" for b in range(N_BUCKETS)]
-        else:
-            pieces += [f"<gov:{key}={v}>" for v in schema.CATEGORICAL_VALUES[key]]
-    return pieces
-
-
-def canonical_tag(key: str, value: str) -> str:
-    """The control piece of a `<gov:key=value>` tag (numeric values bucketed)."""
-    if key in schema.NUMERIC_KEYS:
-        try:
-            value = f"{_bucket(value) * 5 / 100:.2f}"
-        except ValueError:
-            raise TokenizerError(f"<gov:{key}={value}>: {key} needs a number in [0, 1]") from None
-    elif key != "domain" and key not in schema.CATEGORICAL_VALUES:
-        raise TokenizerError(f"unknown governance tag <gov:{key}={value}>")
-    return f"<gov:{key}={value}>"
-
-
-def encode_around_tags(text: str, encode_plain, special: dict, gov: dict) -> np.ndarray:
-    """int32 ids of `text`: the runs between tags through `encode_plain`, each tag one id
-    (`special[name]` for <bos>/<eos>/<assess>/<pad>, `gov[canonical piece]` otherwise)."""
-    ids, pos = [], 0
-    for m in _TAG_RE.finditer(text):
-        if m.start() > pos:
-            ids += encode_plain(text[pos:m.start()])
-        tid = special[m.group(3)] if m.group(3) else gov.get(canonical_tag(m.group(1), m.group(2)))
-        if tid is None:
-            raise TokenizerError(f"unknown governance tag {m.group(0)}")
-        ids.append(tid)
-        pos = m.end()
-    if pos < len(text):
-        ids += encode_plain(text[pos:])
-    return np.asarray(ids, np.int32)
+_TAG_RE_BYTES = re.compile(TAG_RE.pattern.encode())
 
 
 class ByteTokenizer:
@@ -221,22 +178,19 @@ class SentencePieceTokenizer:
         return self._control[np.clip(ids, 0, len(self._control) - 1)] & (ids >= 0) & (ids < len(self._control))
 
 
-def train_sentencepiece(data_dir, out_prefix, vocab_size: int = 4000, split: str = "train") -> str:
-    """Trains a SentencePiece model on a split's prompts and responses; returns the model path.
+def train_sentencepiece(texts: Iterable[str], out_prefix, vocab_size: int = 4000) -> str:
+    """Trains a SentencePiece model on `texts` (e.g. a split's prompts and responses);
+    returns the model path.
 
     Control and special pieces are user-defined symbols (always one piece); text is
     kept verbatim (identity normalization, whitespace kept) with byte fallback.
     """
-    import sentencepiece as spm
+    import sentencepiece as spm  # optional dependency (the sentencepiece extra)
 
-    from promethios_jax.data.pipeline import load_split
-
-    records = load_split(data_dir, split)
     lines = []
-    for r in records:
-        for text in (r["prompt"], r["response"]):
-            text = _TAG_RE.sub(lambda m: m.group(0) if m.group(3) else canonical_tag(m.group(1), m.group(2)), text)
-            lines += [line for line in text.split("\n") if line]
+    for text in texts:
+        text = TAG_RE.sub(lambda m: m.group(0) if m.group(3) else canonical_tag(m.group(1), m.group(2)), text)
+        lines += [line for line in text.split("\n") if line]
     out_prefix = str(out_prefix)
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
@@ -265,8 +219,6 @@ def build_tokenizer(config):
     if kind == "byte":
         tok = ByteTokenizer()
     elif is_hf_tokenizer(kind):
-        from promethios_jax.data.hf_tokenizer import HFTokenizer  # it builds on this module
-
         tok = HFTokenizer(kind, use_chat_template=bool(config.data.get("chat_template", False)))
     else:
         tok = SentencePieceTokenizer(kind)
@@ -307,8 +259,6 @@ def encode_example(example: dict, tokenizer) -> tuple[list[int], list[int]]:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m promethios_jax.data.tokenizer",
                                 description="Train a SentencePiece model on the generated corpus.")
     p.add_argument("--data_dir", required=True)
@@ -317,7 +267,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.vocab_size <= len(control_pieces()) + 256 + 5:
         p.error(f"--vocab_size={a.vocab_size} leaves no room beyond the control and byte pieces")
-    path = train_sentencepiece(a.data_dir, a.out, a.vocab_size)
+    texts = (t for r in load_split(a.data_dir, "train") for t in (r["prompt"], r["response"]))
+    path = train_sentencepiece(texts, a.out, a.vocab_size)
     print(f"wrote {path}; set --config.data.tokenizer={path} and config.model.vocab_size >= "
           f"{SentencePieceTokenizer(path).vocab_size}")
     return 0

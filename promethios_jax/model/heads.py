@@ -1,8 +1,9 @@
 """The one registry of governance heads.
 
 Each head is declared once here: its name (also its parameter subtree `heads.<name>`,
-its loss part, its `ModelOutput.heads` key), its output width (a ModelSpec key), its
-loss kind, the batch key of its label, and which layers it reads. The heads' modules,
+its loss part and `config.loss` weight key, its `ModelOutput.heads` key), its output
+width (a ModelSpec key), its loss kind, the batch key of its label, which layers it
+reads, and its default loss weight. The heads' modules,
 the loss, generation's verdict and eval iterate this table; adding a head is a line
 here plus its label in `data/batch.py`.
 
@@ -28,6 +29,7 @@ class HeadDef:
     pools: str | None = None  # ModelSpec field with the 1-based inclusive layer range it averages;
     #                           None: the final normed state at the head positions
     label: str = ""  # batch key of the label ("" : the head's name)
+    loss_weight: float = 0.5  # default of config.loss.<name>
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -51,7 +53,7 @@ class HeadDef:
 
 
 HEADS = (
-    HeadDef("hitl", "binary", None),
+    HeadDef("hitl", "binary", None, loss_weight=1.0),
     HeadDef("decision", "softmax", "n_decisions"),
     HeadDef("confidence", "softmax", "n_confidence"),
     HeadDef("uncertainty", "soft_multilabel", "n_uncertainty", pools="uncertainty_layers"),

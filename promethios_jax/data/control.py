@@ -1,0 +1,66 @@
+"""The governance control tokens: their pieces, the tag syntax, and encoding around tags.
+
+Every tokenizer (byte, SentencePiece, Hugging Face) gives each piece one id; telemetry
+values are bucketed in steps of 0.05 aligned with the rule's thresholds (domain
+requirements, 0.5, 0.7), so `<gov:trust=0.72>` is the `<gov:trust=0.70>` token.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from promethios_jax.data import schema
+
+N_BUCKETS = 20
+
+TAG_RE = re.compile(r"<gov:([a-z_]+)=([^<>\s]*)>|<(pad|bos|eos|assess)>")
+
+
+class TokenizerError(ValueError):
+    """Text or a configuration the tokenizer cannot handle."""
+
+
+def _bucket(value: str) -> int:
+    """Bucket of a value given with two decimals; integer hundredths avoid float edge cases."""
+    return min(max(int(round(float(value) * 100)) // 5, 0), N_BUCKETS - 1)
+
+
+def control_pieces() -> list[str]:
+    """Every governance control piece, in id order: `<gov:domain=D>`, then per telemetry key."""
+    pieces = [f"<gov:domain={d}>" for d in schema.DOMAINS]
+    for key in schema.TELEMETRY_KEYS:
+        if key in schema.NUMERIC_KEYS:
+            pieces += [f"<gov:{key}={b * 5 / 100:.2f}>" for b in range(N_BUCKETS)]
+        else:
+            pieces += [f"<gov:{key}={v}>" for v in schema.CATEGORICAL_VALUES[key]]
+    return pieces
+
+
+def canonical_tag(key: str, value: str) -> str:
+    """The control piece of a `<gov:key=value>` tag (numeric values bucketed)."""
+    if key in schema.NUMERIC_KEYS:
+        try:
+            value = f"{_bucket(value) * 5 / 100:.2f}"
+        except ValueError:
+            raise TokenizerError(f"<gov:{key}={value}>: {key} needs a number in [0, 1]") from None
+    elif key != "domain" and key not in schema.CATEGORICAL_VALUES:
+        raise TokenizerError(f"unknown governance tag <gov:{key}={value}>")
+    return f"<gov:{key}={value}>"
+
+
+def encode_around_tags(text: str, encode_plain, special: dict, gov: dict) -> np.ndarray:
+    """int32 ids of `text`: the runs between tags through `encode_plain`, each tag one id
+    (`special[name]` for <bos>/<eos>/<assess>/<pad>, `gov[canonical piece]` otherwise)."""
+    ids, pos = [], 0
+    for m in TAG_RE.finditer(text):
+        if m.start() > pos:
+            ids += encode_plain(text[pos:m.start()])
+        tid = special[m.group(3)] if m.group(3) else gov.get(canonical_tag(m.group(1), m.group(2)))
+        if tid is None:
+            raise TokenizerError(f"unknown governance tag {m.group(0)}")
+        ids.append(tid)
+        pos = m.end()
+    if pos < len(text):
+        ids += encode_plain(text[pos:])
+    return np.asarray(ids, np.int32)
