@@ -1,7 +1,7 @@
 """Fine-tune CodeLlama-34B-Instruct into a governance model: the production package's
 base, on its 50,000 scenarios (3 epochs, learning rate 5e-5, effective batch 256).
 
-Shapes from the base's public config.json: vocabulary 32,000, d_model 8192, 48 layers,
+Shapes (configs/34b.py) from the base's public config.json: vocabulary 32,000, d_model 8192, 48 layers,
 64 heads with 8 KV heads, d_ff 22016, RoPE theta 1e6, RMS eps 1e-5, untied.
 vocab_size: 32,000 + <pad>, <assess> and 121 control tokens = 32,123, rounded up to a
 multiple of 128: 32,128.
@@ -23,30 +23,16 @@ halves the sharded state and gradients) or train fewer parts (`train.trainable="
 adapters are not implemented).
 Import and train as in configs/finetune_llama3_8b.py.
 """
-from promethios_jax.config import base_config
+from pathlib import Path
+
+from promethios_jax.interop.hf import load_config_file
 
 
 def get_config():
-    c = base_config()
-    m = c.model
-    m.vocab_size = 32128
-    m.d_model = 8192
-    m.n_layers = 48
-    m.n_heads = 64
-    m.n_kv_heads = 8
-    m.d_ff = 22016
-    m.rope_theta = 1e6
-    m.norm_eps = 1e-5
-    m.tie_embeddings = False
-    m.max_seq_len = 2048  # the scenarios are short; the base's 16,384 would only add padding
-    m.compute_dtype = "bfloat16"
-    m.attention_impl = "cudnn"
-    m.remat_policy = "full"
-    m.anchor_layers = (16, 32, 48)  # the seeds' 8/16/24 of 24 layers, scaled to 48
-    m.uncertainty_layers = (36, 48)
-    m.tool_layers = (40, 48)
-    m.telemetry_hidden = 1024
-    m.head_hidden = 1024
+    # The shapes are configs/34b.py's (CodeLlama-34B); this file adds the fine-tuning recipe.
+    c = load_config_file(str(Path(__file__).with_name("34b.py")))
+    c.model.vocab_size = 32128
+    c.model.max_seq_len = 2048  # the scenarios are short; the base's 16,384 would only add padding
 
     c.data.num_examples = 50000
     c.data.chat_template = True
@@ -61,5 +47,4 @@ def get_config():
     t.weight_decay = 0.0
     t.moments_dtype = "bfloat16"
     c.checkpoint.every_steps = 100
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     return c

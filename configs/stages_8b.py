@@ -25,20 +25,13 @@ resumes mid-stage exactly. About 3 epochs in all, as the 8B recipe.
    split: `python -m eval.job --workdir=W` (the run writes TRAINING_DONE, which
    `eval.job --watch` waits for).
 """
-import importlib.util
 from pathlib import Path
 
-
-def _recipe():
-    # By path, so that the file loads from any working directory (as config files are).
-    spec = importlib.util.spec_from_file_location("finetune_llama3_8b", Path(__file__).with_name("finetune_llama3_8b.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from promethios_jax.interop.hf import load_config_file
 
 
 def get_config():
-    c = _recipe()
+    c = load_config_file(str(Path(__file__).with_name("finetune_llama3_8b.py")))
     c.stages = (
         {"name": "foundation", "epochs": 1.0, "trains": "all", "learning_rate": 5e-5,
          "loss": {"lm": 1.0, "hitl": 0.1, "decision": 0.05, "confidence": 0.05, "uncertainty": 0.05,
