@@ -79,7 +79,7 @@ def test_epochs_set_the_step_count(tmp_path, data_dir):
     lengths, _ = pipeline.fitted_lengths(data_dir, c)
     rows = pipeline.PackedRows(data_dir, c, lengths).rows_in_epoch(0)
     steps = -(-rows // (2 * c.train.global_batch_size))
-    plan = train.make_plan(c, Path(data_dir))
+    plan = stages.make_plan(c, lengths, data_dir)
     assert plan.total_steps == steps and plan.configs[0].train.steps == steps
 
 
@@ -113,7 +113,7 @@ def test_a_staged_run_resumed_mid_stage_equals_an_uninterrupted_one(tmp_path, da
 
 def test_stage_learning_rates_follow_their_schedules(tmp_path, data_dir):
     c = _staged(data_dir)
-    plan = train.make_plan(c, Path(data_dir))
+    plan = stages.make_plan(c)
     assert plan.steps == (3, 3, 0)
     mesh = sharding.make_mesh(c)
     second = state_lib.abstract_train_state(plan.configs[1], mesh)
