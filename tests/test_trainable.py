@@ -53,7 +53,7 @@ def test_frozen_params_keep_their_bits_and_hold_no_optimizer_state(params):
 
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, 300, (2, 16)), jnp.int32)
-    telemetry = jnp.asarray(rng.normal(size=(2, 16, 30)), jnp.float32)
+    telemetry = jnp.asarray(rng.normal(size=(2, 16, c.model.telemetry_dim)), jnp.float32)
 
     def loss(q):
         m = nnx.merge(graphdef, _state(model, q))
