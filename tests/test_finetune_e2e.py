@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
+pytestmark = pytest.mark.slow  # an import, a short fine-tune and an export: a minute or more on 2 cores
 
 import promethios_jax  # noqa: E402
 from promethios_jax import convert  # noqa: E402

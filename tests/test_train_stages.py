@@ -83,6 +83,7 @@ def test_epochs_set_the_step_count(tmp_path, data_dir):
     assert plan.total_steps == steps and plan.configs[0].train.steps == steps
 
 
+@pytest.mark.slow  # five runs through two stages
 def test_a_staged_run_resumed_mid_stage_equals_an_uninterrupted_one(tmp_path, data_dir):
     c = _staged(data_dir)
     ref = tmp_path / "ref"
