@@ -199,26 +199,30 @@ def train(config, workdir: str, stop_after: int | None = None, allow_oversubscri
     restored = restore(k_state) if saved else None
     if restored is not None and plan.stage_of_state(restored[2]) != k_state:
         # An unreadable newest checkpoint made it fall back across a stage boundary.
-        k_state, (k, _) = plan.stage_of_state(restored[2]), plan.locate(restored[2])
-        runner.compile(k)
+        k_state = plan.stage_of_state(restored[2])
         restored = ckpt.restore_latest(manager, state_lib.abstract_train_state(plan.configs[k_state], mesh).abstract,
                                        step=restored[2])
+    step = 0 if restored is None else restored[2]
+    k, _ = plan.locate(step)
+    if k < len(plan.stages) and runner.index != k:  # a fallback to an older checkpoint moved the stage
+        runner.compile(k)
     setup = runner.compiled.setup if runner.compiled is not None else state_lib.abstract_train_state(
         plan.configs[k_state], mesh)
     n_params = setup.param_count
     if restored is None:
         state = jax.jit(setup.init, out_shardings=setup.shardings)()
-        step = 0
         print(f"initialised {n_params:,} parameters on mesh {dict(mesh.shape)}", flush=True)
     else:
-        state, it_state, step = restored
+        state, it_state, _ = restored
         if runner.index is not None and runner.index != k_state:
             state = enter_stage(state, setup)  # resumed at a stage boundary
-        print(f"resumed from step {step} on mesh {dict(mesh.shape)}"
-              + (f", stage {plan.stages[k].name!r}" if multi and k < len(plan.stages) else ""), flush=True)
     if runner.index is not None:
         mid_stage = restored is not None and runner.index == k_state
         runner.open_data(data_dir, it_state if mid_stage else None, f"checkpoint step {step}")
+    if restored is not None:
+        position = f" (data position: batch {runner.loader.batches_consumed})" if runner.loader is not None else ""
+        print(f"resumed from step {step}{position} on mesh {dict(mesh.shape)}"
+              + (f", stage {plan.stages[k].name!r}" if multi and k < len(plan.stages) else ""), flush=True)
     if primary and step < plan.total_steps:
         workdir_lib.clear_done(wd)  # a resumed run with more steps: eval --watch must keep waiting
 
