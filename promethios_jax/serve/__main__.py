@@ -99,7 +99,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     import jax
 
     if a.compilation_cache:
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     state = ServerState(served, a.workdir, settings)
     app = create_app(state)
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level="info", timeout_graceful_shutdown=10,
-                            access_log=False)
+                            access_log=False, log_config=None)
     _DrainingServer(config, state).run()
     return 0
 

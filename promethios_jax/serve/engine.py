@@ -164,11 +164,15 @@ class Engine:
         self.on_step = on_step or (lambda engine: None)
         self.graphdef, self.params = nnx.split(served.model)
         self.spec = served.model.spec
-        self.cache = served.model.init_cache(num_slots, self.max_len)
+        # Committed to the parameters' device from the start: an uncommitted first input
+        # would compile a second program at the first request.
+        device = jax.tree.leaves(self.params)[0].sharding
         s, t = num_slots, self.spec.telemetry_dim
-        self.slots = {"token": jnp.zeros(s, jnp.int32), "position": jnp.zeros(s, jnp.int32),
-                      "telemetry": jnp.zeros((s, t), jnp.float32), "key": jnp.zeros((s, 2), jnp.uint32),
-                      "temperature": jnp.zeros(s, jnp.float32), "top_p": jnp.ones(s, jnp.float32)}
+        self.cache = jax.device_put(served.model.init_cache(num_slots, self.max_len), device)
+        self.slots = jax.device_put({
+            "token": np.zeros(s, np.int32), "position": np.zeros(s, np.int32),
+            "telemetry": np.zeros((s, t), np.float32), "key": np.zeros((s, 2), np.uint32),
+            "temperature": np.zeros(s, np.float32), "top_p": np.ones(s, np.float32)}, device)
         self.active: list[Request | None] = [None] * num_slots
         self.waiting: collections.deque[Request] = collections.deque()
         self._cv = threading.Condition()
