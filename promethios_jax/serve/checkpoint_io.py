@@ -99,3 +99,13 @@ def prompt_ids(tokenizer, telemetry: dict, domain: str, text: str) -> list[int]:
 
 def param_count(model) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.split(model, nnx.Param)[1])))
+
+
+def heldout_requests(workdir, split: str = "heldout") -> list[dict]:
+    """The run's held-out records as request bodies' parts: text, telemetry, domain."""
+    from promethios_jax.data.pipeline import load_split
+
+    config, _ = read_config(workdir)
+    data_dir = config.data.path or f"{workdir}/data"
+    return [{"text": r["prompt"].split("\n", 1)[1], "telemetry": r["telemetry"], "domain": r["domain"]}
+            for r in load_split(str(data_dir), split)]
