@@ -97,26 +97,30 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(workdir, tmp_path_factory):
+def serve_tmp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    keys = tmp / "keys"
-    keys.write_text(f"# test keys\nalice {KEY}\nbob sha256:{hashlib.sha256(b'other').hexdigest()}\n")
-    cache = tmp / "jax_cache"
-    common = [f"--compilation_cache={cache}", "--buckets=128"]
-    main = Server(workdir, tmp / "main.log", f"--api_keys_file={keys}", "--num_slots=32", "--max_queue=64",
-                  *common)
-    small = Server(workdir, tmp / "small.log", "--num_slots=1", "--max_queue=1", "--drain_timeout=60", *common,
-                   f"--audit_log={tmp / 'small_audit.jsonl'}")
+    (tmp / "keys").write_text(f"# test keys\nalice {KEY}\nbob sha256:{hashlib.sha256(b'other').hexdigest()}\n")
+    return tmp
+
+
+def start(workdir, tmp, name, *args):
+    server = Server(workdir, tmp / f"{name}.log", f"--compilation_cache={tmp / 'jax_cache'}", "--buckets=128", *args)
     try:
-        yield {"main": main.wait_ready(), "small": small.wait_ready(), "tmp": tmp}
+        yield server.wait_ready()
     finally:
-        main.stop()
-        small.stop()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
-def main(servers):
-    return servers["main"]
+def main(workdir, serve_tmp):
+    yield from start(workdir, serve_tmp, "main", f"--api_keys_file={serve_tmp / 'keys'}", "--num_slots=32",
+                     "--max_queue=64")
+
+
+@pytest.fixture(scope="module")
+def small(workdir, serve_tmp):
+    yield from start(workdir, serve_tmp, "small", "--num_slots=1", "--max_queue=1", "--drain_timeout=60",
+                     f"--audit_log={serve_tmp / 'small_audit.jsonl'}")
 
 
 def auth():
@@ -405,26 +409,26 @@ def wait_for(predicate, timeout=20.0):
 LONG = dict(max_tokens=MAX_LEN - 100, ignore_eos=True, stream=True)
 
 
-def test_a_disconnected_client_frees_its_slot(servers):
-    small = servers["small"]
+def test_a_disconnected_client_frees_its_slot(small, serve_tmp):
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", small.url + "/v1/completions", json=body(**LONG)) as r:
-            first = json.loads(next(stream_lines(r)))
+            lines = stream_lines(r)  # held: dropping the generator would close the stream
+            first = json.loads(next(lines))
             assert running(small) == (1, 0)
     # The connection is closed: the slot is free long before the 900 tokens are done.
     assert wait_for(lambda: running(small) == (0, 0), timeout=5)
     out = complete(small, headers={}, max_tokens=3)
     assert out["usage"]["completion_tokens"] <= 3
-    audit = [json.loads(x) for x in (servers["tmp"] / "small_audit.jsonl").read_text().splitlines()]
+    audit = [json.loads(x) for x in (serve_tmp / "small_audit.jsonl").read_text().splitlines()]
     gone = next(x for x in audit if x["id"] == first["id"])
     assert gone["finish_reason"] == "abort" and gone["completion_tokens"] < LONG["max_tokens"]
 
 
-def test_a_full_queue_answers_429_with_retry_after(servers):
-    small = servers["small"]
+def test_a_full_queue_answers_429_with_retry_after(small):
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", small.url + "/v1/completions", json=body(**LONG)) as a:
-            next(stream_lines(a))
+            lines = stream_lines(a)
+            next(lines)
             with client.stream("POST", small.url + "/v1/completions", json=body(**LONG)) as b:
                 assert wait_for(lambda: running(small) == (1, 1))
                 r = httpx.post(small.url + "/v1/completions", json=body(max_tokens=3))
@@ -435,8 +439,7 @@ def test_a_full_queue_answers_429_with_retry_after(servers):
     assert "promethios_request_rejected_total{reason=\"queue_full\"} 1.0" in httpx.get(small.url + "/metrics").text
 
 
-def test_sigterm_drains_then_exits_0(servers):
-    small = servers["small"]
+def test_sigterm_drains_then_exits_0(small):
     with httpx.Client(timeout=120) as client:
         with client.stream("POST", small.url + "/v1/completions", json=body(**LONG)) as r:
             lines = stream_lines(r)

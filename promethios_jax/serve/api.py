@@ -447,9 +447,17 @@ def _sse(obj) -> bytes:
 
 async def _stream(state: ServerState, req, shape: _Shapes, include_usage: bool):
     """Server-sent events: the verdict first, then text deltas, the finish, [DONE]."""
+    events, held = req.sink.events, None
     try:
         while True:
-            kind, value = await req.sink.events.get()
+            kind, value = held or await events.get()
+            held = None
+            # A reader slower than the engine gets the text that piled up as one event.
+            while kind == "text" and not events.empty():
+                held = events.get_nowait()
+                if held[0] != "text":
+                    break
+                value, held = value + held[1], None
             if kind == "verdict":
                 yield _sse({**shape.chunk("", first=True), "governance": value})
             elif kind == "text":

@@ -131,9 +131,15 @@ def _generate_step(graphdef, params, cache, slots):
 
     logits, cache = jax.vmap(one, in_axes=(0, 0, 0, 1), out_axes=(0, 1))(
         slots["token"], slots["position"], slots["telemetry"], cache)
-    keys = jax.vmap(jax.random.fold_in)(slots["key"], slots["position"])
-    nxt = jax.vmap(lambda lg, k, t, p: io.sample_token(lg[None], k, t, p)[0])(
-        logits, keys, slots["temperature"], slots["top_p"])
+
+    def sample(logits, slots):
+        keys = jax.vmap(jax.random.fold_in)(slots["key"], slots["position"])
+        return jax.vmap(lambda lg, k, t, p: io.sample_token(lg[None], k, t, p)[0])(
+            logits, keys, slots["temperature"], slots["top_p"])
+
+    # All greedy (the common case) skips the per-row sort of nucleus sampling.
+    nxt = jax.lax.cond(jnp.any(slots["temperature"] > 0), sample,
+                       lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits, slots)
     # An idle slot keeps stepping; its position stays inside the cache.
     slots = dict(slots, token=nxt, position=jnp.minimum(slots["position"] + 1, max_len - 1))
     return cache, slots, nxt
