@@ -95,3 +95,18 @@ def test_cancel_frees_the_slot_and_the_queue_is_bounded(engine):
         assert all(r.finish_reason == "abort" and len(r.output_ids) < 60 for r in long)
     finally:
         engine.notify = lambda batch: None
+
+
+def test_stream_interval_hands_out_the_same_text_in_fewer_events(engine):
+    texts = {}
+    for interval in (1, 5):
+        seen = []
+        engine.notify, engine.stream_interval = (lambda batch: seen.extend(batch)), interval
+        try:
+            r = engine.generate([request(engine, 2, TEXTS[1], max_tokens=23, ignore_eos=True)])[0]
+        finally:
+            engine.notify, engine.stream_interval = (lambda batch: None), 1
+        parts = [e[1] for q, e in seen if q is r and e[0] == "text"]
+        assert "".join(parts) == r.text and r.finish_reason == "length"
+        texts[interval] = (r.text, len(parts))
+    assert texts[1][0] == texts[5][0] and texts[5][1] <= 23 // 5 + 1 < texts[1][1]

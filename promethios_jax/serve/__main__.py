@@ -68,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--audit_prompts", action="store_true", help="write prompt texts into the audit log")
     p.add_argument("--max_open_escalations", type=int, default=10000)
     p.add_argument("--drain_timeout", type=float, default=30.0)
+    p.add_argument("--stream_interval", type=int, default=1,
+                   help="tokens per streamed text event (fewer events per token under load)")
     p.add_argument("--compilation_cache", default=None, help="JAX persistent compilation cache directory")
     a = p.parse_args(argv)
     if not 1 <= a.port <= 65535:
@@ -76,6 +78,8 @@ def parse_args(argv=None):
         p.error(f"--num_slots={a.num_slots} must be at least 1")
     if a.max_queue < 0:
         p.error(f"--max_queue={a.max_queue} must be at least 0")
+    if a.stream_interval < 1:
+        p.error(f"--stream_interval={a.stream_interval} must be at least 1")
     if a.default_max_tokens < 1:
         p.error(f"--default_max_tokens={a.default_max_tokens} must be at least 1")
     if a.buckets:
@@ -122,7 +126,8 @@ def main(argv=None) -> int:
     settings = Settings(num_slots=a.num_slots, max_queue=a.max_queue, buckets=a.buckets,
                         default_max_tokens=a.default_max_tokens, model_name=a.model_name, api_keys=a.keys,
                         audit_path=a.audit_log, log_prompts=a.audit_prompts,
-                        max_open_escalations=a.max_open_escalations, drain_timeout=a.drain_timeout)
+                        max_open_escalations=a.max_open_escalations, drain_timeout=a.drain_timeout,
+                        stream_interval=a.stream_interval)
     state = ServerState(served, a.workdir, settings)
     app = create_app(state)
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level="info", timeout_graceful_shutdown=10,

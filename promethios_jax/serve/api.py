@@ -57,6 +57,7 @@ class Settings:
     log_prompts: bool = False
     max_open_escalations: int = 10000
     drain_timeout: float = 30.0
+    stream_interval: int = 1  # tokens per streamed text event
 
 
 @dataclasses.dataclass
@@ -106,7 +107,8 @@ class ServerState:
         self.audit = AuditLog(settings.audit_path or sdir / "audit.jsonl", settings.log_prompts)
         self.escalations = EscalationStore(sdir / "escalations", settings.max_open_escalations)
         self.engine = engine_lib.Engine(served, settings.num_slots, settings.max_queue, settings.buckets,
-                                        notify=self._notify, on_step=self._on_step)
+                                        notify=self._notify, on_step=self._on_step,
+                                        stream_interval=settings.stream_interval)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.inflight = 0
         self.draining = False

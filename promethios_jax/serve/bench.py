@@ -29,18 +29,25 @@ async def _one(client, url, headers, body, out: list):
     t0 = time.perf_counter()
     ttft, tokens, err = None, 0, None
     try:
-        async with client.stream("POST", url + "/v1/completions", json=body, headers=headers) as r:
+        if body["stream"]:
+            async with client.stream("POST", url + "/v1/completions", json=body, headers=headers) as r:
+                if r.status_code != 200:
+                    err = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                else:
+                    async for line in r.aiter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        ev = json.loads(line[6:])
+                        if "usage" in ev and not ev.get("choices"):
+                            tokens = ev["usage"]["completion_tokens"]
+                        elif ev["choices"] and ev["choices"][0]["text"] and ttft is None:
+                            ttft = time.perf_counter() - t0
+        else:  # one response: end-to-end latency only
+            r = await client.post(url + "/v1/completions", json=body, headers=headers)
             if r.status_code != 200:
-                err = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                err = f"HTTP {r.status_code}: {r.text[:200]!r}"
             else:
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    ev = json.loads(line[6:])
-                    if "usage" in ev and not ev.get("choices"):
-                        tokens = ev["usage"]["completion_tokens"]
-                    elif ev["choices"] and ev["choices"][0]["text"] and ttft is None:
-                        ttft = time.perf_counter() - t0
+                tokens = r.json()["usage"]["completion_tokens"]
     except httpx.HTTPError as e:
         err = f"{type(e).__name__}: {e}"
     e2e = time.perf_counter() - t0
@@ -50,8 +57,8 @@ async def _one(client, url, headers, body, out: list):
 
 def _body(p, a):
     return {"model": a.model, "prompt": p["text"], "telemetry": p["telemetry"], "domain": p["domain"],
-            "max_tokens": a.max_tokens, "temperature": 0.0, "stream": True, "ignore_eos": a.ignore_eos,
-            "stream_options": {"include_usage": True}}
+            "max_tokens": a.max_tokens, "temperature": 0.0, "stream": not a.no_stream,
+            "ignore_eos": a.ignore_eos, **({} if a.no_stream else {"stream_options": {"include_usage": True}})}
 
 
 async def run(a, prompts, rate=None, concurrency=None) -> dict:
@@ -102,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--num_requests", type=int, default=200)
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--ignore_eos", action="store_true", help="every request generates exactly --max_tokens")
+    p.add_argument("--no_stream", action="store_true", help="plain responses (no TTFT or TPOT)")
     p.add_argument("--slo", type=float, default=2.0, help="P99 end-to-end latency target (s) for --rates")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0)

@@ -153,7 +153,7 @@ class Engine:
     """
 
     def __init__(self, served: io.Served, num_slots: int = 32, max_queue: int = 256, buckets=None,
-                 notify: Callable | None = None, on_step: Callable | None = None):
+                 notify: Callable | None = None, on_step: Callable | None = None, stream_interval: int = 1):
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be at least 1")
         if max_queue < 0:
@@ -161,8 +161,11 @@ class Engine:
         self.served = served
         self.tokenizer = served.tokenizer
         self.max_len = served.max_len
+        if stream_interval < 1:
+            raise ValueError(f"stream_interval={stream_interval} must be at least 1")
         self.num_slots = num_slots
         self.max_queue = max_queue
+        self.stream_interval = stream_interval
         self.buckets = tuple(sorted(buckets or buckets_for(self.max_len)))
         if self.buckets[-1] < self.max_len:
             self.buckets += (self.max_len,)
@@ -318,12 +321,17 @@ class Engine:
             req.t_first = now
         req.t_last = now
         req.token_times.append(now)
+        done = len(req.output_ids) >= req.params.max_tokens
+        # Text is decoded (and handed out) every stream_interval tokens, at the end, or at
+        # every token when stop strings must be watched.
+        if not (done or req.params.stop or len(req.output_ids) % self.stream_interval == 0):
+            return
         req.text = self.tokenizer.decode(req.output_ids)
         stop_at = min((i for i in (req.text.find(s) for s in req.params.stop) if i >= 0), default=-1)
         if stop_at >= 0:
             req.text = req.text[:stop_at]
             return self._finish(req, "stop", events)
-        if len(req.output_ids) >= req.params.max_tokens:
+        if done:
             return self._finish(req, "length", events)
         # Hold back what may be the start of a stop sequence or an incomplete UTF-8 character.
         hold = max((len(s) - 1 for s in req.params.stop), default=0)
@@ -335,6 +343,8 @@ class Engine:
             req.emitted = ready
 
     def _finish(self, req: Request, reason: str, events: list) -> None:
+        if reason != "abort":
+            req.text = req.text if reason == "stop" and req.params.stop else self.tokenizer.decode(req.output_ids)
         req.finish_reason = reason
         req.t_done = time.monotonic()
         if reason != "abort" and len(req.text) > req.emitted:
