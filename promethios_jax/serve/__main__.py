@@ -103,9 +103,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    # The engine thread waits on the device and then needs the GIL back at once; the
-    # default 5 ms switch interval would add up to that to every decode step.
-    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     import jax
 
