@@ -47,18 +47,19 @@ def engine_run(workdir, prompts, max_tokens: int, batch: int, repeats: int) -> d
             "prompt_ids": ids, "outputs": [r.output_ids for r in batch_reqs]}
 
 
-def hf_run(hf_dir, prompt_ids, max_tokens: int, repeats: int, threads: int) -> dict:
+def hf_run(hf_dir, prompt_ids, max_tokens: int, repeats: int, threads: int, device: str = "cpu") -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
     torch.set_num_threads(threads)
-    model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval().to(device)
     n = max(len(p) for p in prompt_ids)
     ids = torch.zeros((len(prompt_ids), n), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompt_ids):
         ids[i, n - len(p):] = torch.tensor(p)
         mask[i, n - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
     kw = dict(attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
               num_beams=1, pad_token_id=0, eos_token_id=None)
     with torch.inference_mode():
@@ -67,6 +68,8 @@ def hf_run(hf_dir, prompt_ids, max_tokens: int, repeats: int, threads: int) -> d
         for _ in range(repeats):
             t0 = time.perf_counter()
             out = model.generate(ids, **kw)
+            if device != "cpu":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     return {"seconds": min(times), "tokens": int((out.shape[1] - n) * out.shape[0])}
 
@@ -79,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--max_tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="timed runs each; the fastest counts")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--hf_device", default="cpu", help="torch device for transformers (cuda on a GPU)")
     a = p.parse_args(argv)
     from promethios_jax.serve.checkpoint_io import heldout_requests
 
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     if len(prompts) < a.batch:
         p.error(f"--batch={a.batch}: the held-out split has only {len(prompts)} prompts")
     eng = engine_run(a.workdir, prompts, a.max_tokens, a.batch, a.repeats)
-    hf = hf_run(a.hf_dir, eng["prompt_ids"], a.max_tokens, a.repeats, a.threads)
+    hf = hf_run(a.hf_dir, eng["prompt_ids"], a.max_tokens, a.repeats, a.threads, a.hf_device)
     res = {"batch": a.batch, "max_tokens": a.max_tokens,
            "mean_prompt_tokens": round(float(np.mean([len(x) for x in eng["prompt_ids"]])), 1),
            "engine_tokens_per_s": round(eng["tokens"] / eng["seconds"], 1),
