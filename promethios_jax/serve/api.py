@@ -9,6 +9,7 @@ GET /health, /ready, /metrics (always open). Errors have OpenAI's body
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -208,9 +209,19 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str | No
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="Promethios-JAX", version=str(state.served.step))
-    auth = _auth(state)
     engine = state.engine
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        state.loop = asyncio.get_running_loop()
+        if engine._thread is None:
+            engine.start()  # warm-up runs in the engine thread; /ready is 503 until it is done
+        yield
+        engine.stop(timeout=10)
+        state.audit.close()
+
+    app = FastAPI(title="Promethios-JAX", version=str(state.served.step), lifespan=lifespan)
+    auth = _auth(state)
     tok = state.served.tokenizer
 
     @app.exception_handler(APIError)
@@ -225,17 +236,6 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_, exc: StarletteHTTPException):
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
-
-    @app.on_event("startup")
-    async def _startup():
-        state.loop = asyncio.get_running_loop()
-        if engine._thread is None:
-            engine.start()
-
-    @app.on_event("shutdown")
-    async def _shutdown():
-        engine.stop(timeout=10)
-        state.audit.close()
 
     # ----- open routes --------------------------------------------------------------------
     @app.get("/health")
