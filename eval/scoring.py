@@ -16,10 +16,7 @@ from eval import metrics as M
 from promethios_jax.data import schema
 from promethios_jax.model import heads as heads_lib
 
-# Label names per head, in class / dimension order (the JSON's "label_spaces").
-LABEL_SPACES = {"decision": schema.DECISIONS, "confidence": schema.CONFIDENCE_BANDS, "tool": schema.TOOLS,
-                "conflict": schema.CONFLICTS, "uncertainty": schema.UNCERTAINTY_DIMS,
-                "bias": schema.BIAS_CATEGORIES}
+LABEL_SPACES = schema.LABEL_SPACES
 
 
 def label_spaces() -> dict:

@@ -22,8 +22,8 @@ import numpy as np
 import openai
 import pytest
 
-from eval import runner
-from promethios_jax.data import pipeline
+from eval import predict
+from promethios_jax.data import packing, records as data_records
 from tests.util import small_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +145,7 @@ def stream_lines(response):
 
 
 def heldout(workdir):
-    return pipeline.load_split(str(workdir / "data"), "heldout")
+    return data_records.load_split(str(workdir / "data"), "heldout")
 
 
 def split_prompt(record):
@@ -239,7 +239,7 @@ def test_verdict_and_answer_equal_the_eval_jobs(main, workdir):
     model, config = promethios_jax.load(str(workdir))
     records = {r["id"]: r for r in heldout(workdir)[:6]}
     threshold = float(config.eval.hitl_escalation_threshold)
-    evals = runner.generate_responses(model, config, records, list(records), threshold)
+    evals = predict.generate_responses(model, config, records, list(records), threshold)
     tok = tok_lib.build_tokenizer(config)
     ids = [tok_lib.encode_example(records[k], tok)[0] for k in records]
     tel = np.stack([schema.telemetry_vector(r["telemetry"], r["domain"]) for r in records.values()])
@@ -383,7 +383,7 @@ def test_an_escalation_is_listed_resolved_and_exported(main, workdir, tmp_path):
     assert set(ds) >= set(record) and set(ds["labels"]) == set(record["labels"])
     # The training pipeline reads it like a generated record.
     tok = tok_lib.build_tokenizer(serve_config())
-    assert pipeline._labels(ds)[0] == 1
+    assert packing._labels(ds)[0] == 1
     assert tok_lib.encode_example(ds, tok)[0] == tok_lib.encode_example(record, tok)[0]
     assert rec_lib.dataset_record(entry | {"status": "resolved", "resolution": resolution})["labels"] == ds["labels"]
 

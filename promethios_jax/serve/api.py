@@ -5,6 +5,9 @@ GET /v1/models/{id}, GET /v1/capabilities, GET /v1/escalations,
 POST /v1/escalations/{id}/resolve (these need a key when keys are configured);
 GET /health, /ready, /metrics (always open). Errors have OpenAI's body
 {"error": {"message", "type", "param", "code"}}.
+
+Longer than 400 lines because the routes share one app state, auth and error contract;
+split by route they would each re-derive it.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from promethios_jax.model import heads as heads_lib
 from promethios_jax.serve import checkpoint_io as io
 from promethios_jax.serve import engine as engine_lib
 from promethios_jax.serve import schemas
@@ -283,8 +287,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def capabilities():
         return {
             "model": state.model_id, "step": state.served.step,
-            "heads": {"hitl": "probability", "decision": list(io.DECISIONS), "confidence": list(io.CONFIDENCE_BANDS),
-                      "tool": list(io.TOOLS), "uncertainty": list(io.UNCERTAINTY_DIMS), "bias": list(io.BIAS_CATEGORIES)},
+            "heads": {h.name: list(io.LABEL_SPACES.get(h.name, ("probability",))) for h in heads_lib.HEADS},
             "verdict": {"read_at": "<assess>", "judges": "the request (read before any answer token)",
                         "escalation_threshold": state.served.hitl_threshold},
             "telemetry": {**{k: {"type": "number", "min": 0.0, "max": 1.0} for k in io.NUMERIC_KEYS},

@@ -13,7 +13,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from promethios_jax.checkpoint import load as load_checkpoint, read_config
+from promethios_jax.checkpoint import load as load_checkpoint
+from promethios_jax.data.records import load_split
+from promethios_jax.workdir import data_dir, read_config
 from promethios_jax.data import schema
 from promethios_jax.data.generate import _bias, format_tags
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example
@@ -27,6 +29,7 @@ TOOLS = schema.TOOLS
 CONFLICTS = schema.CONFLICTS
 UNCERTAINTY_DIMS = schema.UNCERTAINTY_DIMS
 BIAS_CATEGORIES = schema.BIAS_CATEGORIES
+LABEL_SPACES = schema.LABEL_SPACES
 TELEMETRY_KEYS = schema.TELEMETRY_KEYS
 NUMERIC_KEYS = schema.NUMERIC_KEYS
 CATEGORICAL_VALUES = schema.CATEGORICAL_VALUES
@@ -103,9 +106,6 @@ def param_count(model) -> int:
 
 def heldout_requests(workdir, split: str = "heldout") -> list[dict]:
     """The run's held-out records as request bodies' parts: text, telemetry, domain."""
-    from promethios_jax.data.pipeline import load_split
-
     config, _ = read_config(workdir)
-    data_dir = config.data.path or f"{workdir}/data"
     return [{"text": r["prompt"].split("\n", 1)[1], "telemetry": r["telemetry"], "domain": r["domain"]}
-            for r in load_split(str(data_dir), split)]
+            for r in load_split(str(data_dir(config, workdir)), split)]

@@ -13,6 +13,9 @@ The loop runs in one thread and keeps one step in flight: while the device compu
 step t+1 the host reads step t's tokens, checks stop conditions and hands the text out.
 The first token comes from the prefill; the governance verdict is the heads read at the
 prompt's last token (<assess>), before any answer token exists.
+
+Longer than 400 lines because the slot state, its jitted steps and the thread that
+drives them change together.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from promethios_jax.model import heads as heads_lib
 from promethios_jax.serve import checkpoint_io as io
 
 log = logging.getLogger(__name__)
@@ -88,13 +92,8 @@ def buckets_for(max_len: int, smallest: int = 32) -> tuple:
 
 
 def _heads(out):
-    """Governance head outputs at the prompt's last token (already gathered by head_positions)."""
-    return {"hitl": jax.nn.sigmoid(out.hitl_logits[0, 0]),
-            "decision": jax.nn.softmax(out.decision_logits[0, 0]),
-            "confidence": jax.nn.softmax(out.confidence_logits[0, 0]),
-            "tool": jax.nn.softmax(out.tool_logits[0, 0]),
-            "uncertainty": jax.nn.sigmoid(out.uncertainty_logits[0, 0]),
-            "bias": jax.nn.sigmoid(out.bias_logits[0, 0])}
+    """Governance head probabilities at the prompt's last token (already gathered by head_positions)."""
+    return {h.name: heads_lib.probabilities(h, out.heads[h.name][0, 0]) for h in heads_lib.HEADS}
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
@@ -268,20 +267,18 @@ class Engine:
 
     def _verdict(self, heads) -> dict:
         h = jax.device_get(heads)
-        hitl = float(h["hitl"])
+        hitl = float(h[heads_lib.ESCALATION])
         threshold = self.served.hitl_threshold
+        verdict = {"hitl_probability": hitl, "escalate": hitl >= threshold, "threshold": threshold}
+        for head in heads_lib.HEADS:
+            names, probs = io.LABEL_SPACES.get(head.name), np.asarray(h[head.name], np.float64)
+            if head.kind == "softmax":
+                verdict[head.name] = names[int(np.argmax(probs))]
+                verdict[f"{head.name}_probabilities"] = dict(zip(names, probs.tolist()))
+            elif head.kind == "soft_multilabel":
+                verdict[head.name] = dict(zip(names, probs.tolist()))
         return {
-            "hitl_probability": hitl,
-            "escalate": hitl >= threshold,
-            "threshold": threshold,
-            "decision": io.DECISIONS[int(np.argmax(h["decision"]))],
-            "decision_probabilities": dict(zip(io.DECISIONS, map(float, h["decision"]))),
-            "confidence": io.CONFIDENCE_BANDS[int(np.argmax(h["confidence"]))],
-            "confidence_probabilities": dict(zip(io.CONFIDENCE_BANDS, map(float, h["confidence"]))),
-            "tool": io.TOOLS[int(np.argmax(h["tool"]))],
-            "tool_probabilities": dict(zip(io.TOOLS, map(float, h["tool"]))),
-            "uncertainty": dict(zip(io.UNCERTAINTY_DIMS, map(float, h["uncertainty"]))),
-            "bias": dict(zip(io.BIAS_CATEGORIES, map(float, h["bias"]))),
+            **verdict,
             "step": self.served.step,
             "read_at": "<assess>",
         }
