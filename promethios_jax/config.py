@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.anchor_layers = (2, 4)
     m.uncertainty_layers = (3, 4)  # inclusive 1-based range the uncertainty head pools
     m.tool_layers = (3, 4)  # inclusive 1-based range the tool head pools
-    m.telemetry_dim = 30  # == data.schema.TELEMETRY_DIM
+    m.telemetry_dim = 27  # == data.schema.TELEMETRY_DIM
     m.telemetry_hidden = 0  # 0: d_model
     m.head_hidden = 0  # hidden width of each governance head's MLP; 0: d_model
     m.n_decisions = 4

@@ -24,6 +24,7 @@ labels are the rule's); text comes from `templates.py`. Everything draws from on
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import string
@@ -37,7 +38,18 @@ from promethios_jax.data import schema, templates
 
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk, no codec: fastest random reads
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "heldout_templates", "shift_boundary", "shift_evidence")
+EVAL_EXAMPLES = 2000  # examples per evaluation split by default (95% CI about +-0.01 near 0.97)
+SPLIT_DESCRIPTIONS = {
+    "train": "the training distribution, training templates",
+    "heldout": "i.i.d. with train (same distribution and templates), no prompt repeated",
+    "heldout_templates": "the training telemetry distribution written with templates reserved from training "
+                         "(scenarios, framings, request and response wordings)",
+    "shift_boundary": "trust within boundary_width of its domain's requirement; other fields as proposed",
+    "shift_evidence": "half escalations, half not, decided by the evidence gate: no distress, trust at least "
+                      "evidence_trust_clearance above the requirement, risk within evidence_risk_window of "
+                      "the threshold",
+}
 
 
 def _apportion(weights: dict, n: int) -> list:
@@ -74,8 +86,8 @@ def _rule(domain_idx, t: dict) -> dict:
                               t["emotion"], t["state"], t["model"])
 
 
-def sample_telemetry(rng, domain_idx: np.ndarray, band_idx: np.ndarray, tries: int = 16) -> dict:
-    """Telemetry whose rule band equals `band_idx`, by vectorized rejection sampling."""
+def _sample(rng, domain_idx: np.ndarray, target: np.ndarray, key, tries: int = 16) -> dict:
+    """Telemetry with `key(domains, candidates) == target` per example, by vectorized rejection."""
     n = len(domain_idx)
     out = {k: np.zeros(n, np.float64 if k in schema.NUMERIC_KEYS else np.int64)
            for k in ("trust", "intensity", "verify", "attest", "bound", "emotion", "state", "model")}
@@ -85,7 +97,7 @@ def sample_telemetry(rng, domain_idx: np.ndarray, band_idx: np.ndarray, tries: i
             return out
         dom = np.repeat(domain_idx[todo], tries)
         cand = _propose(rng, dom)
-        ok = (_rule(dom, cand)["band"] == np.repeat(band_idx[todo], tries)).reshape(len(todo), tries)
+        ok = (key(dom, cand) == np.repeat(target[todo], tries)).reshape(len(todo), tries)
         hit = ok.any(axis=1)
         pick = np.arange(len(todo)) * tries + ok.argmax(axis=1)
         for k in out:
@@ -94,8 +106,47 @@ def sample_telemetry(rng, domain_idx: np.ndarray, band_idx: np.ndarray, tries: i
     raise RuntimeError(f"telemetry sampling did not converge for {len(todo)} examples")
 
 
+def sample_telemetry(rng, domain_idx: np.ndarray, band_idx: np.ndarray, tries: int = 16) -> dict:
+    """Telemetry whose rule band equals `band_idx`, by vectorized rejection sampling."""
+    return _sample(rng, domain_idx, band_idx, lambda dom, cand: _rule(dom, cand)["band"], tries)
+
+
+def _iid_telemetry(rng, domain_idx: np.ndarray) -> dict:
+    """The training distribution: bands apportioned by BAND_WEIGHTS, telemetry drawn per band."""
+    n = len(domain_idx)
+    band = np.array(_apportion(schema.BAND_WEIGHTS, n))[rng.permutation(n)]
+    return sample_telemetry(rng, domain_idx, np.array([schema.CONFIDENCE_BANDS.index(b) for b in band]))
+
+
+def _boundary_telemetry(rng, domain_idx: np.ndarray) -> dict:
+    """The training proposal with trust moved to within BOUNDARY_WIDTH of the requirement."""
+    t = _propose(rng, domain_idx)
+    req = np.array([schema.DOMAIN_TRUST[d] for d in schema.DOMAINS])[domain_idx]
+    w = int(round(schema.BOUNDARY_WIDTH * 100))
+    t["trust"] = np.round(np.clip(req + rng.integers(-w, w + 1, len(domain_idx)) / 100, 0.0, 1.0), 2)
+    return t
+
+
+def _evidence_telemetry(rng, domain_idx: np.ndarray) -> dict:
+    """Half escalations, half not, all decided by the evidence gate near its threshold."""
+    n = len(domain_idx)
+    target = rng.permutation(np.arange(n) % 2)
+
+    def key(dom, cand):
+        r = _rule(dom, cand)
+        near = schema.slice_masks(dom, cand["trust"], cand["intensity"], cand["emotion"], r["risk"])
+        return np.where(near["evidence_near"], r["hitl"], -1)
+
+    return _sample(rng, domain_idx, target, key)
+
+
 class _Slots:
-    """Per-example slot values, drawn from a row of uniforms so text costs no RNG calls."""
+    """Per-example slot values, drawn from a row of uniforms so text costs no RNG calls.
+
+    Each pick uses a fresh uniform (at most ~21 per example, fewer than the row holds), so
+    a pick takes each entry of its sequence with probability 1/len: `prob` says how likely
+    the value drawn was, for the response floor.
+    """
 
     def __init__(self, u: np.ndarray):
         self.u, self.i = u, 0
@@ -111,12 +162,32 @@ class _Slots:
         return bool(x)
 
 
+def _prob(seq, value) -> float:
+    """Probability that a uniform pick from `seq` gives `value` (duplicates count)."""
+    return sum(v == value for v in seq) / len(seq)
+
+
+@functools.lru_cache(maxsize=None)
+def _slot_names(text: str) -> frozenset:
+    return frozenset(m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)
+                     if m.group("named") or m.group("braced"))
+
+
+# Slots drawn together: ${eid} comes with $entity, ${role_id} with $role.
+_SLOT_GROUP = {"eid": "entity", "role_id": "role"}
+
+
 def _fill(text: str, slots: dict) -> str:
     return string.Template(text).substitute(slots)
 
 
-def _text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray) -> tuple:
-    """(request, response, scenario tool, framing bias or None) for one example."""
+def _text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, tpl: dict) -> tuple:
+    """(request, response, scenario tool, framing bias or None, log P(response | request, outcome)).
+
+    `tpl` is a template set (`templates.TRAIN` or `templates.HELDOUT`). The log-probability
+    sums the response-side picks and the slot values the response shows but the request
+    does not (values the request shows are known given the prompt).
+    """
     s = _Slots(u)
     ds = templates.DOMAIN_SLOTS[domain]
     entity, eid = s.pick(ds["entity"])
@@ -127,34 +198,70 @@ def _text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray)
              "team": s.pick(ds["team"]), "recipient": s.pick(ds["recipient"]), "entity": entity, "eid": eid,
              "role": role, "role_id": role_id, "agent": agent, "agent2": agent2,
              "deadline": s.pick(templates.DEADLINES), "weekday": s.pick(templates.WEEKDAYS)}
-    request, task, answer, tool = s.pick(templates.SCENARIOS[category])
-    framing = s.pick(list(templates.FRAMINGS)) if s.chance(templates.FRAMING_RATE) else None
+    request, task, answer, tool = s.pick(tpl["scenarios"][category])
+    framing = s.pick(list(tpl["framings"])) if s.chance(templates.FRAMING_RATE) else None
     distressed = emotion in schema.DISTRESSED_EMOTIONS
-    opener = s.pick(templates.REQUEST_OPENERS)
+    opener = s.pick(tpl["request_openers"])
     if opener.endswith(","):  # "Hi, draft ..." reads as one sentence
         request = request[0].lower() + request[1:]
     parts = [opener, request]
     if framing:
-        parts.append(s.pick(templates.FRAMINGS[framing]))
+        parts.append(s.pick(tpl["framings"][framing]))
     if s.chance(0.6 if distressed else 0.25):
         parts.append(s.pick(templates.EMOTION_PHRASES[emotion]))
-    parts.append(s.pick(templates.REQUEST_CLOSERS))
-    req_text = _fill(" ".join(p for p in parts if p), slots)
+    parts.append(s.pick(tpl["request_closers"]))
+    req_template = " ".join(p for p in parts if p)
+    req_text = _fill(req_template, slots)
     slots["task"] = _fill(task, slots)
+    logp = 0.0
+    alternative = None
     if outcome == "support":
-        resp = s.pick(templates.SUPPORT_TEMPLATES)
+        resp = s.pick(tpl["support_templates"])
+        logp += np.log(_prob(tpl["support_templates"], resp))
     elif outcome == "escalate":
-        resp = s.pick(templates.ESCALATE_TEMPLATES)
+        resp = s.pick(tpl["escalate_templates"])
+        logp += np.log(_prob(tpl["escalate_templates"], resp))
     elif outcome == "decline":
-        slots["alternative"] = _fill(s.pick(templates.DECLINE_ALTERNATIVES), slots)
-        resp = s.pick(templates.DECLINE_TEMPLATES)
+        alternative = s.pick(tpl["decline_alternatives"])
+        slots["alternative"] = _fill(alternative, slots)
+        resp = s.pick(tpl["decline_templates"])
+        logp += np.log(_prob(tpl["decline_alternatives"], alternative) * _prob(tpl["decline_templates"], resp))
     else:
-        tail = (s.pick(templates.SAFEGUARD_NOTES) if outcome == "safeguards"
-                else s.pick(templates.PROCEED_CLOSERS))
-        opener = s.pick(templates.PROCEED_OPENERS)
+        tails = tpl["safeguard_notes"] if outcome == "safeguards" else tpl["proceed_closers"]
+        tail = s.pick(tails)
+        opener = s.pick(tpl["proceed_openers"])
+        logp += np.log(_prob(tails, tail) * _prob(tpl["proceed_openers"], opener))
         sep = "\n\n" if "\n" in answer else " "  # code stands on its own lines
         resp = sep.join(p for p in (opener, answer, tail) if p)
-    return req_text, _fill(resp, slots), tool, framing
+    used = set(_slot_names(resp))
+    for name, text in (("task", task), ("alternative", alternative)):
+        if name in used:
+            used |= _slot_names(text)
+    logp += _hidden_slots_logp(used - {"task", "alternative"},
+                               _slot_names(req_template), slots, ds)
+    return req_text, _fill(resp, slots), tool, framing, logp
+
+
+def _hidden_slots_logp(used: set, known: set, slots: dict, ds: dict) -> float:
+    """log P of the slot values the response uses that the request does not show."""
+    group = lambda n: _SLOT_GROUP.get(n, n)  # noqa: E731
+    known = {group(n) for n in known}
+    hidden = {group(n) for n in used} - known
+    logp = 0.0
+    for g in sorted(hidden):
+        if g == "agent2":  # drawn from the agents other than $agent
+            n = len(templates.AGENTS) - (1 if ("agent" in known or "agent" in hidden) else 0)
+            logp -= np.log(n)
+        elif g == "agent":
+            logp -= np.log(len(templates.AGENTS))
+        elif g in ("deadline", "weekday"):
+            seq = templates.DEADLINES if g == "deadline" else templates.WEEKDAYS
+            logp += np.log(_prob(seq, slots[g]))
+        elif g in ("entity", "role"):
+            logp -= np.log(len(ds[g]))
+        else:
+            logp += np.log(_prob(ds[g], slots[g]))
+    return logp
 
 
 def format_tags(telemetry: dict, domain: str) -> str:
@@ -181,25 +288,30 @@ def _bias(telemetry: dict, domain: str, framing) -> dict:
     return {k: int(active[k]) for k in schema.BIAS_CATEGORIES}
 
 
-def generate_examples(num_examples: int, seed: int) -> list:
-    """The examples (dicts without `split`), in generation order."""
-    rng = np.random.default_rng(seed)
-    n = num_examples
+def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> tuple:
+    """`n` examples with telemetry from `telemetry_fn(rng, domain_idx)` and text from `tpl`.
+
+    Returns (examples, info): info holds per-example arrays `rule_hitl` (noise-free),
+    `hitl` (recorded), `logp` (log P(response | prompt) under the generator), `bytes`
+    (UTF-8 length of the response) and `evidence` (in the evidence slice). `seen` holds the prompts of every split so far.
+    """
     category = np.array(_apportion(schema.CATEGORY_WEIGHTS, n))[rng.permutation(n)]
     domain = np.array(_apportion(schema.DOMAIN_WEIGHTS, n))[rng.permutation(n)]
-    band = np.array(_apportion(schema.BAND_WEIGHTS, n))[rng.permutation(n)]
-    dom_idx = np.array([schema.DOMAINS.index(d) for d in domain])
-    band_idx = np.array([schema.CONFIDENCE_BANDS.index(b) for b in band])
-    tel = sample_telemetry(rng, dom_idx, band_idx)
+    dom_idx = np.array([schema.DOMAINS.index(d) for d in domain], np.int64)
+    tel = telemetry_fn(rng, dom_idx)
     rule = _rule(dom_idx, tel)
-    assert np.array_equal(rule["band"], band_idx)
     unc = schema.uncertainty_arrays(dom_idx, tel["trust"], tel["intensity"], tel["verify"], tel["attest"],
                                     tel["bound"], tel["emotion"], tel["state"], tel["model"])
     noisy = np.zeros(n, bool)
     noisy[rng.permutation(n)[: int(round(n * schema.LABEL_NOISE_RATE))]] = True
     uniforms = rng.random((n, 24))
+    # The recorded outcome given the prompt: the rule's, or (noise) its opposite.
+    outcome_logp = np.where(noisy, np.log(schema.LABEL_NOISE_RATE), np.log1p(-schema.LABEL_NOISE_RATE))
 
-    examples, seen = [], set()
+    examples = []
+    evidence = schema.slice_masks(dom_idx, tel["trust"], tel["intensity"], tel["emotion"], rule["risk"])["evidence"]
+    info = {"rule_hitl": rule["hitl"], "hitl": np.zeros(n, np.int64), "logp": outcome_logp,
+            "bytes": np.zeros(n, np.int64), "evidence": evidence}
     for i in range(n):
         t = {"trust": float(tel["trust"][i]), "emotion": schema.EMOTIONS[tel["emotion"][i]],
              "intensity": float(tel["intensity"][i]), "verify": float(tel["verify"][i]),
@@ -218,7 +330,8 @@ def generate_examples(num_examples: int, seed: int) -> list:
         tags = format_tags(t, str(domain[i]))
         u = uniforms[i]
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text
-            req_text, response, tool, framing = _text(str(category[i]), str(domain[i]), t["emotion"], outcome, u)
+            req_text, response, tool, framing, logp = _text(str(category[i]), str(domain[i]), t["emotion"],
+                                                            outcome, u, tpl)
             prompt = tags + "\n" + req_text
             if prompt not in seen:
                 break
@@ -226,12 +339,15 @@ def generate_examples(num_examples: int, seed: int) -> list:
         else:
             raise RuntimeError(f"could not draw a unique prompt for example {i}")
         seen.add(prompt)
+        info["hitl"][i] = hitl
+        info["logp"][i] += logp
+        info["bytes"][i] = len(response.encode("utf-8"))
         if hitl:
             tool = "human_handoff"
         elif decision == "decline":
             tool = "none"
         examples.append({
-            "id": f"gov-{seed}-{i:07d}",
+            "id": f"{id_prefix}{i:07d}",
             "category": str(category[i]),
             "domain": str(domain[i]),
             "confidence_band": b,
@@ -248,7 +364,13 @@ def generate_examples(num_examples: int, seed: int) -> list:
                 "conflict": schema.CONFLICTS[rule["conflict"][i]],
             },
         })
-    return examples
+    return examples, info
+
+
+def generate_examples(num_examples: int, seed: int) -> list:
+    """Examples of the training distribution (dicts without `split`), in generation order."""
+    return _build(np.random.default_rng(seed), num_examples, _iid_telemetry, templates.TRAIN,
+                  f"gov-{seed}-", set())[0]
 
 
 def _check_out_dir(out_dir) -> Path:
@@ -263,18 +385,34 @@ def _check_out_dir(out_dir) -> Path:
     return out
 
 
-def _validate_args(num_examples, heldout_fraction):
+def _validate_args(num_examples, heldout_fraction, eval_examples):
     if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples <= 0:
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
     if not 0.0 <= float(heldout_fraction) < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction!r}")
+    if eval_examples is not None and (isinstance(eval_examples, bool) or not isinstance(eval_examples, (int, np.integer))
+                                      or eval_examples < 0):
+        raise ValueError(f"eval_examples must be a non-negative integer or None, got {eval_examples!r}")
 
 
-def _rule_accuracy(records: list) -> float:
-    if not records:
-        return float("nan")
-    hits = sum(schema.apply_rule(r["telemetry"], r["domain"])["hitl"] == r["labels"]["hitl"] for r in records)
-    return hits / len(records)
+def _split_figures(info: dict, mask: np.ndarray, tpl_name: str) -> dict:
+    """A split's size, ceiling, majority baseline and response floor from its generation info."""
+    n = int(mask.sum())
+    if not n:
+        return {"count": 0, "templates": tpl_name}
+    hitl, rule_hitl = info["hitl"][mask], info["rule_hitl"][mask]
+    rate = float(hitl.mean())
+    nbytes = int(info["bytes"][mask].sum())
+    return {
+        "count": n,
+        "templates": tpl_name,
+        "hitl_rate": rate,
+        "hitl_ceiling": float((hitl == rule_hitl).mean()),
+        "hitl_majority_baseline": max(rate, 1.0 - rate),
+        "evidence_slice": int(info["evidence"][mask].sum()),
+        "response_bytes": nbytes,
+        "response_floor_nats_per_byte": float(-info["logp"][mask].sum() / max(nbytes, 1)),
+    }
 
 
 def _summaries(records: list) -> tuple:
@@ -311,34 +449,50 @@ def _write_split(out: Path, split: str, records: list) -> list:
     return shards
 
 
-def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction: float = 0.03) -> dict:
-    """Generates, splits and writes the dataset; returns the manifest (also in manifest.json)."""
-    _validate_args(num_examples, heldout_fraction)
+def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction: float = 0.03,
+                     eval_examples: int | None = None) -> dict:
+    """Generates, splits and writes the dataset; returns the manifest (also in manifest.json).
+
+    `train` holds `num_examples - round(heldout_fraction * num_examples)` examples. The
+    i.i.d. `heldout` split holds max(round(heldout_fraction * num_examples), eval_examples)
+    examples and each other evaluation split `eval_examples` (default min(EVAL_EXAMPLES,
+    num_examples)); they are generated beyond `num_examples` when needed.
+    """
+    _validate_args(num_examples, heldout_fraction, eval_examples)
     out = _check_out_dir(out_dir)
-    seed = int(seed)
-    examples = generate_examples(int(num_examples), seed)
-    n = len(examples)
-    n_held = int(round(n * heldout_fraction))
-    if heldout_fraction > 0 and n_held == 0 and n > 1:
-        n_held = 1
-    held = np.zeros(n, bool)
-    held[np.random.default_rng([seed, 1]).permutation(n)[:n_held]] = True
-    splits = {"train": [], "heldout": []}
-    for ex, h in zip(examples, held):
-        split = "heldout" if h else "train"
-        rec = {"id": ex["id"], "split": split}
-        rec.update((k, v) for k, v in ex.items() if k != "id")
-        splits[split].append(rec)
+    n, seed = int(num_examples), int(seed)
+    n_frac = int(round(n * heldout_fraction))
+    if heldout_fraction > 0 and n_frac == 0 and n > 1:
+        n_frac = 1
+    n_eval = min(EVAL_EXAMPLES, n) if eval_examples is None else int(eval_examples)
+    n_held = max(n_frac, n_eval)
+
+    seen: set = set()
+    pool, info = _build(np.random.default_rng(seed), n - n_frac + n_held, _iid_telemetry, templates.TRAIN,
+                        f"gov-{seed}-", seen)
+    held = np.zeros(len(pool), bool)
+    held[np.random.default_rng([seed, 1]).permutation(len(pool))[:n_held]] = True
+    parts = {"train": ([e for e, h in zip(pool, held) if not h], info, ~held, "train"),
+             "heldout": ([e for e, h in zip(pool, held) if h], info, held, "train")}
+    for k, (split, fn, tpl_name) in enumerate((("heldout_templates", _iid_telemetry, "heldout"),
+                                               ("shift_boundary", _boundary_telemetry, "train"),
+                                               ("shift_evidence", _evidence_telemetry, "train"))):
+        tpl = templates.HELDOUT if tpl_name == "heldout" else templates.TRAIN
+        ex, inf = _build(np.random.default_rng([seed, 2, k]), n_eval, fn, tpl, f"gov-{seed}-{split}-", seen)
+        parts[split] = (ex, inf, np.ones(len(ex), bool), tpl_name)
 
     manifest = {
-        "format": "promethios-governance/1",
+        "format": "promethios-governance/2",
         "seed": seed,
         "num_examples": n,
         "heldout_fraction": float(heldout_fraction),
+        "eval_examples": n_eval,
         "label_noise_rate": schema.LABEL_NOISE_RATE,
         "telemetry_dim": schema.TELEMETRY_DIM,
+        "telemetry_features": list(schema.TELEMETRY_FEATURES),
         "shards": {},
-        "counts": {"total": n, **{s: len(splits[s]) for s in SPLITS}, "by_split": {}},
+        "splits": {},
+        "counts": {"total": len(pool) + 3 * n_eval, "by_split": {}},
         "label_rates": {},
         "rule": {
             "domain_trust": schema.DOMAIN_TRUST,
@@ -348,20 +502,30 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
             "state_risk": schema.STATE_RISK,
             "model_risk": schema.MODEL_RISK,
             "precedence": ["distress", "trust_gate", "evidence_gate", "decline_if_denied", "high_or_medium"],
+            "boundary_width": schema.BOUNDARY_WIDTH,
+            "evidence_trust_clearance": schema.EVIDENCE_TRUST_CLEARANCE,
+            "evidence_risk_window": schema.EVIDENCE_RISK_WINDOW,
         },
     }
     for stale in out.glob("lengths-*.npy"):  # the pipeline's token-length caches of older data
         stale.unlink()
     for split in SPLITS:
-        counts, rates = _summaries(splits[split])
+        examples, inf, mask, tpl_name = parts[split]
+        records = [{"id": ex["id"], "split": split, **{k: v for k, v in ex.items() if k != "id"}}
+                   for ex in examples]
+        fig = _split_figures(inf, mask, tpl_name)
+        fig["description"] = SPLIT_DESCRIPTIONS[split]
+        manifest["splits"][split] = fig
+        manifest["counts"][split] = len(records)
+        counts, rates = _summaries(records)
         manifest["counts"]["by_split"][split] = counts
         manifest["label_rates"][split] = rates
-        manifest["shards"][split] = _write_split(out, split, splits[split])
-    eval_split = "heldout" if splits["heldout"] else "train"
-    rate = manifest["label_rates"][eval_split]["hitl"]
-    manifest["hitl_ceiling"] = _rule_accuracy(splits[eval_split])
-    manifest["hitl_ceiling_train"] = _rule_accuracy(splits["train"])
-    manifest["hitl_majority_baseline"] = max(rate, 1.0 - rate)
+        manifest["shards"][split] = _write_split(out, split, records)
+        if records:
+            manifest[f"hitl_ceiling_{split}"] = fig["hitl_ceiling"]
+    eval_split = "heldout" if parts["heldout"][0] else "train"
+    manifest["hitl_ceiling"] = manifest["splits"][eval_split]["hitl_ceiling"]
+    manifest["hitl_majority_baseline"] = manifest["splits"][eval_split]["hitl_majority_baseline"]
     manifest["ceiling_split"] = eval_split
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -375,18 +539,24 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--heldout_fraction", type=float, default=0.03)
+    p.add_argument("--eval_examples", type=int, default=None,
+                   help=f"examples per evaluation split (default min({EVAL_EXAMPLES}, num_examples))")
     a = p.parse_args(argv)
     if a.num_examples <= 0:
         p.error(f"--num_examples must be a positive integer, got {a.num_examples}")
     if not 0.0 <= a.heldout_fraction < 1.0:
         p.error(f"--heldout_fraction must be in [0, 1), got {a.heldout_fraction}")
     try:
-        m = generate_dataset(a.out, a.num_examples, a.seed, a.heldout_fraction)
+        m = generate_dataset(a.out, a.num_examples, a.seed, a.heldout_fraction, a.eval_examples)
     except ValueError as e:
         p.error(f"--out: {e}" if "out_dir" in str(e) else str(e))
-    print(f"wrote {m['counts']['train']} train and {m['counts']['heldout']} held-out examples to {a.out}; "
-          f"hitl rate {m['label_rates']['train']['hitl']:.3f}, ceiling {m['hitl_ceiling']:.3f}, "
-          f"majority baseline {m['hitl_majority_baseline']:.3f}")
+    print(f"wrote {m['counts']['total']} examples to {a.out}; hitl rate of train "
+          f"{m['label_rates']['train']['hitl']:.3f}")
+    for split, f in m["splits"].items():
+        if f["count"]:
+            print(f"  {split}: {f['count']} examples, ceiling {f['hitl_ceiling']:.3f}, majority "
+                  f"{f['hitl_majority_baseline']:.3f}, response floor "
+                  f"{f['response_floor_nats_per_byte']:.4f} nats/byte")
     return 0
 
 

@@ -18,10 +18,12 @@ indices reads, tokenizes and packs each row, batches the rows (batching a MapDat
 keeps the output independent of the worker count) and prefetches, in worker processes
 when `config.data.worker_count > 0`.
 
-Examples longer than `max_seq_len` first lose the tail of their request text (the tags
-and the <assess> token stay), then the tail of their response; one that cannot keep
-its tags, <assess> and one response token is skipped. Both counts are logged and kept
-in `iterator.stats`; nothing is dropped silently. A missing or corrupt shard raises
+The prompt (<bos>, tags, request, <assess>) is never cut: it is exactly the prompt that
+generation and serving build (`tokenizer.encode_example`), so nothing about the
+response, its length included, reaches the heads. An example longer than
+`max_seq_len` loses the tail of its response only; one whose prompt leaves no room for
+a response token is skipped in training (and refused by `eval_batches`). Both counts
+are logged and kept in `iterator.stats`; nothing is dropped silently. A missing or corrupt shard raises
 `DataError` naming the file (and the record index where known).
 """
 from __future__ import annotations
@@ -111,36 +113,24 @@ def load_split(data_dir, split: str) -> list[dict]:
     return [recs[i] for i in range(len(recs))]
 
 
-def _prefix_len(prompt_ids: np.ndarray, tokenizer) -> int:
-    """Tokens up to and including the last governance tag (<bos> plus the tags)."""
-    gov = np.flatnonzero(tokenizer.is_control(prompt_ids))
-    return int(gov[-1]) + 1 if len(gov) else 1
+def _fit(prompt_len: int, response_len: int, max_len: int) -> int | None:
+    """Response tokens kept so that the whole prompt and the response fit `max_len`.
 
-
-def _fit(prompt_len: int, response_len: int, prefix_len: int, max_len: int) -> tuple[int, int] | None:
-    """(request tokens to cut, response tokens to cut) to fit `max_len`; None if it cannot."""
-    over = prompt_len + response_len - max_len
-    if over <= 0:
-        return 0, 0
-    cut_req = min(over, prompt_len - prefix_len - 1)  # never the tags, never <assess>
-    cut_resp = over - cut_req
-    if cut_resp >= response_len:
+    The prompt is never cut; None when not even one response token fits after it.
+    """
+    room = max_len - prompt_len
+    if room < 1:
         return None
-    return cut_req, cut_resp
+    return min(response_len, room)
 
 
 def _encode_fitted(rec: dict, tokenizer, max_len: int):
     """(prompt, response) ids fitted to `max_len`, or None if the example cannot fit."""
     prompt, response = encode_example_arrays(rec, tokenizer)
-    cuts = _fit(len(prompt), len(response), _prefix_len(prompt, tokenizer), max_len)
-    if cuts is None:
+    keep = _fit(len(prompt), len(response), max_len)
+    if keep is None:
         return None
-    cut_req, cut_resp = cuts
-    if cut_req:
-        prompt = np.concatenate([prompt[:len(prompt) - 1 - cut_req], prompt[-1:]])
-    if cut_resp:
-        response = response[:len(response) - cut_resp]
-    return prompt, response
+    return prompt, response[:keep]
 
 
 def _labels(rec: dict) -> tuple:
@@ -305,7 +295,7 @@ class PackedRows:
 
 
 def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
-    """int64[N, 3]: (prompt, response, tag prefix) token counts of every example of a split.
+    """int64[N, 2]: (prompt, response) token counts of every example of a split.
 
     Cached in DATA_DIR/lengths-<split>-<key>.npy, keyed by the manifest and the
     tokenizer, so that restarts skip the tokenizing pass; a read-only dir just recomputes.
@@ -317,14 +307,14 @@ def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     if cache.is_file():
         try:
             out = np.load(cache)
-            if out.shape == (len(records), 3):
+            if out.shape == (len(records), 2):
                 return out
         except (OSError, ValueError):
             pass
-    out = np.zeros((len(records), 3), np.int64)
+    out = np.zeros((len(records), 2), np.int64)
     for i in range(len(records)):
         prompt, response = encode_example_arrays(records[i], tokenizer)
-        out[i] = len(prompt), len(response), _prefix_len(prompt, tokenizer)
+        out[i] = len(prompt), len(response)
     try:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
@@ -343,9 +333,10 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     max_len = int(config.model.max_seq_len)
     raw = raw_lengths(data_dir, "train", tok)
     lengths = np.zeros(len(records), np.int64)
-    for i, (p, r, h) in enumerate(raw.tolist()):
-        if _fit(p, r, h, max_len) is not None:
-            lengths[i] = min(p + r, max_len)
+    for i, (p, r) in enumerate(raw.tolist()):
+        keep = _fit(p, r, max_len)
+        if keep is not None:
+            lengths[i] = p + keep
     truncated = int((raw[:, 0] + raw[:, 1] > max_len).sum()) - int((lengths == 0).sum())
     skipped = int((lengths == 0).sum())
     stats = {"examples": len(records), "truncated": truncated, "skipped": skipped,
@@ -353,8 +344,9 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     if skipped == len(records):
         raise DataError(f"no training example fits config.model.max_seq_len={max_len}")
     if truncated or skipped:
-        log.warning("data: %d of %d training examples truncated to fit max_seq_len=%d, %d skipped "
-                    "(cannot keep tags, <assess> and a response token)", truncated, len(records), max_len, skipped)
+        log.warning("data: %d of %d training examples lose the tail of their response to fit "
+                    "max_seq_len=%d, %d skipped (the whole prompt and one response token do not fit)",
+                    truncated, len(records), max_len, skipped)
     return lengths, stats
 
 
@@ -439,8 +431,9 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
     Each batch has the training keys plus `ids` (record ids of the real rows),
     `num_valid` (how many rows are real; the last batch may be partial, its padding
     rows have head_mask 0) and `prompt_lengths` int32 [B] (tokens through <assess>,
-    where generation starts). Examples are fitted to max_seq_len like training ones;
-    one that cannot fit raises DataError.
+    where generation starts). Examples are fitted to max_seq_len like training ones
+    (the prompt whole, the response's tail cut); one whose prompt cannot fit raises
+    DataError.
     """
     b = int(batch_size or config.eval.batch_size)
     if b <= 0:
@@ -456,8 +449,8 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
             rec = records[i]
             fitted = _encode_fitted(rec, tok, max_len)
             if fitted is None:
-                raise DataError(f"{split} record {i} ({rec.get('id')}) cannot fit "
-                                f"config.model.max_seq_len={max_len}")
+                raise DataError(f"{split} record {i} ({rec.get('id')}): its prompt and one response token "
+                                f"do not fit config.model.max_seq_len={max_len}")
             _place(out, row, 0, 0, 1, rec, *fitted)
             out["prompt_lengths"][row] = len(fitted[0])
             ids.append(rec["id"])

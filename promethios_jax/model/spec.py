@@ -40,7 +40,7 @@ class ModelSpec:
     anchor_layers: tuple = (2, 4)
     uncertainty_layers: tuple = (3, 4)
     tool_layers: tuple = (3, 4)
-    telemetry_dim: int = 30  # data.schema.TELEMETRY_DIM
+    telemetry_dim: int = 27  # data.schema.TELEMETRY_DIM
     telemetry_hidden: int = 0  # 0: d_model
     head_hidden: int = 0  # 0: d_model
     n_decisions: int = 4
