@@ -39,6 +39,7 @@ from promethios_jax.data import schema, templates
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk, no codec: fastest random reads
 SPLITS = ("train", "heldout", "heldout_templates", "shift_boundary", "shift_evidence")
+EVAL_SPLITS = SPLITS[1:]
 EVAL_EXAMPLES = 2000  # examples per evaluation split by default (95% CI about +-0.01 near 0.97)
 SPLIT_DESCRIPTIONS = {
     "train": "the training distribution, training templates",
