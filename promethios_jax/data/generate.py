@@ -163,17 +163,18 @@ class _Slots:
     """
 
     def __init__(self, u: np.ndarray):
-        self.u, self.i = u, 0
+        self.u, self.i = u.tolist(), 0  # Python floats: indexing a list is cheaper than numpy
 
     def pick(self, seq):
-        x = seq[min(int(self.u[self.i % len(self.u)] * len(seq)), len(seq) - 1)]
+        n = len(seq)
+        x = seq[min(int(self.u[self.i % len(self.u)] * n), n - 1)]
         self.i += 1
         return x
 
     def chance(self, p: float) -> bool:
         x = self.u[self.i % len(self.u)] < p
         self.i += 1
-        return bool(x)
+        return x
 
 
 def _prob(seq, value) -> float:
@@ -323,28 +324,33 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
     outcome_logp = np.where(noisy, np.log(schema.LABEL_NOISE_RATE), np.log1p(-schema.LABEL_NOISE_RATE))
 
     examples = []
+    cols = {k: v.tolist() for k, v in tel.items()}
+    unc = [[round(x, 3) for x in row] for row in unc.tolist()]
+    hitl_rule, band_rule, decision_rule = rule["hitl"].tolist(), rule["band"].tolist(), rule["decision"].tolist()
+    conflict_rule = rule["conflict"].tolist()
+    category_l, domain_l, noisy_l = category.tolist(), domain.tolist(), noisy.tolist()
     evidence = schema.slice_masks(dom_idx, tel["trust"], tel["intensity"], tel["emotion"], rule["risk"])["evidence"]
     info = {"rule_hitl": rule["hitl"], "hitl": np.zeros(n, np.int64), "logp": outcome_logp,
             "bytes": np.zeros(n, np.int64), "evidence": evidence}
     for i in range(n):
-        t = {"trust": float(tel["trust"][i]), "emotion": schema.EMOTIONS[tel["emotion"][i]],
-             "intensity": float(tel["intensity"][i]), "verify": float(tel["verify"][i]),
-             "attest": float(tel["attest"][i]), "bound": float(tel["bound"][i]),
-             "decision": schema.STATES[tel["state"][i]], "model": schema.MODELS[tel["model"][i]]}
-        hitl = int(rule["hitl"][i])
-        b = schema.CONFIDENCE_BANDS[rule["band"][i]]
-        decision = schema.DECISIONS[rule["decision"][i]]
-        if noisy[i]:  # the recorded outcome disagrees with the rule; band and decision follow it
+        t = {"trust": cols["trust"][i], "emotion": schema.EMOTIONS[cols["emotion"][i]],
+             "intensity": cols["intensity"][i], "verify": cols["verify"][i],
+             "attest": cols["attest"][i], "bound": cols["bound"][i],
+             "decision": schema.STATES[cols["state"][i]], "model": schema.MODELS[cols["model"][i]]}
+        hitl = hitl_rule[i]
+        b = schema.CONFIDENCE_BANDS[band_rule[i]]
+        decision = schema.DECISIONS[decision_rule[i]]
+        if noisy_l[i]:  # the recorded outcome disagrees with the rule; band and decision follow it
             hitl = 1 - hitl
             b = "low" if hitl else "medium"
             decision = "escalate" if hitl else ("decline" if t["decision"] == "DENIED"
                                                 else "proceed_with_safeguards")
         outcome = {"proceed": "proceed", "proceed_with_safeguards": "safeguards", "decline": "decline",
                    "escalate": "support" if b == "uncertain_emotional" else "escalate"}[decision]
-        tags = format_tags(t, str(domain[i]))
+        tags = format_tags(t, domain_l[i])
         u = uniforms[i]
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text
-            req_text, response, tool, framing, logp = _text(str(category[i]), str(domain[i]), t["emotion"],
+            req_text, response, tool, framing, logp = _text(category_l[i], domain_l[i], t["emotion"],
                                                             outcome, u, tpl)
             prompt = tags + "\n" + req_text
             if prompt not in seen:
@@ -362,8 +368,8 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
             tool = "none"
         examples.append({
             "id": f"{id_prefix}{i:07d}",
-            "category": str(category[i]),
-            "domain": str(domain[i]),
+            "category": category_l[i],
+            "domain": domain_l[i],
             "confidence_band": b,
             "telemetry": t,
             "prompt": prompt,
@@ -372,10 +378,10 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
                 "hitl": hitl,
                 "decision": decision,
                 "confidence": b,
-                "uncertainty": {k: round(float(unc[i, j]), 3) for j, k in enumerate(schema.UNCERTAINTY_DIMS)},
-                "bias": _bias(t, str(domain[i]), framing),
+                "uncertainty": dict(zip(schema.UNCERTAINTY_DIMS, unc[i])),
+                "bias": _bias(t, domain_l[i], framing),
                 "tool": tool,
-                "conflict": schema.CONFLICTS[rule["conflict"][i]],
+                "conflict": schema.CONFLICTS[conflict_rule[i]],
             },
         })
     return examples, info
