@@ -308,7 +308,8 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
 
     Returns (examples, info): info holds per-example arrays `rule_hitl` (noise-free),
     `hitl` (recorded), `logp` (log P(response | prompt) under the generator), `bytes`
-    (UTF-8 length of the response) and `evidence` (in the evidence slice). `seen` holds the prompts of every split so far.
+    (UTF-8 length of the response) and `evidence` (in the evidence slice). `seen` holds
+    the prompts of every split so far.
     """
     category = np.array(_apportion(schema.CATEGORY_WEIGHTS, n))[rng.permutation(n)]
     domain = np.array(_apportion(schema.DOMAIN_WEIGHTS, n))[rng.permutation(n)]
@@ -410,8 +411,8 @@ def _validate_args(num_examples, heldout_fraction, eval_examples):
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
     if not 0.0 <= float(heldout_fraction) < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction!r}")
-    if eval_examples is not None and (isinstance(eval_examples, bool) or not isinstance(eval_examples, (int, np.integer))
-                                      or eval_examples < 0):
+    if eval_examples is not None and (isinstance(eval_examples, bool)
+                                      or not isinstance(eval_examples, (int, np.integer)) or eval_examples < 0):
         raise ValueError(f"eval_examples must be a non-negative integer or None, got {eval_examples!r}")
 
 
