@@ -265,13 +265,19 @@ class ByteNgram:
 
     def _grams(self, texts) -> list:
         """Per order k = 1..order: (context keys, full keys) of every predicted position."""
-        seqs = [np.r_[np.full(self.order - 1, _BOS), np.frombuffer(t.encode("utf-8"), np.uint8), _END]
-                for t in texts]
-        seq = np.concatenate(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64)
-        starts = np.cumsum([0] + [len(s) for s in seqs])[:-1]
-        # positions predicted: every symbol after each text's padding
-        pos = np.concatenate([np.arange(s + self.order - 1, s + len(q)) for s, q in zip(starts, seqs)]) \
-            if seqs else np.zeros(0, np.int64)
+        enc = [t.encode("utf-8") for t in texts]
+        if not enc:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.int64))] * self.order
+        lens = np.array([len(e) for e in enc], np.int64)
+        pad = self.order - 1
+        span = lens + pad + 1  # start padding, the bytes, the end symbol
+        starts = np.r_[0, np.cumsum(span)[:-1]].astype(np.int64)
+        seq = np.full(int(span.sum()), _BOS, np.int64)
+        body = np.frombuffer(b"".join(enc), np.uint8).astype(np.int64)
+        seq[np.repeat(starts + pad - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(len(body))] = body
+        seq[starts + pad + lens] = _END
+        n_pred = lens + 1  # every byte and the end
+        pos = np.repeat(starts + pad - np.r_[0, np.cumsum(n_pred)[:-1]], n_pred) + np.arange(int(n_pred.sum()))
         out, ctx = [], np.zeros(len(pos), np.int64)
         for k in range(1, self.order + 1):
             if k > 1:
@@ -281,10 +287,12 @@ class ByteNgram:
 
     def fit(self, texts) -> "ByteNgram":
         self.tables = []
-        for ctx, full in self._grams(texts):
-            keys, counts = np.unique(full, return_counts=True)
-            hist, hist_counts = np.unique(ctx, return_counts=True)
-            types = np.bincount(np.searchsorted(hist, keys // _BASE), minlength=len(hist))
+        for _, full in self._grams(texts):
+            keys, counts = np.unique(full, return_counts=True)  # sorted, so their contexts are too
+            first = np.flatnonzero(np.r_[True, np.diff(keys // _BASE) != 0]) if len(keys) else keys
+            hist = keys[first] // _BASE
+            hist_counts = np.add.reduceat(counts, first) if len(keys) else counts
+            types = np.diff(np.r_[first, len(keys)])
             self.tables.append((keys, counts, hist, hist_counts, types))
         return self
 
