@@ -3,14 +3,15 @@ import numpy as np
 import pytest
 
 from promethios_jax.data import baselines as B
-from promethios_jax.data import generate, pipeline, schema
+from promethios_jax.data import generate, schema
+from promethios_jax.data.records import load_split
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
     d = tmp_path_factory.mktemp("gov")
     generate.generate_dataset(str(d), 2500, seed=1, eval_examples=400)
-    return {s: pipeline.load_split(str(d), s) for s in generate.SPLITS}
+    return {s: load_split(str(d), s) for s in generate.SPLITS}
 
 
 @pytest.fixture(scope="module")

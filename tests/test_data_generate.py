@@ -1,5 +1,4 @@
 """The generator: the governance rule, the mix, determinism, leaks, splits, bad input."""
-import json
 import re
 import subprocess
 import sys
@@ -8,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promethios_jax.data import generate, pipeline, schema, templates
+from promethios_jax.data import generate, schema, templates, wording
+from promethios_jax.data.records import load_split
 
 N = 2000
 EVAL = 400  # examples per evaluation split
@@ -19,7 +19,7 @@ POOL = N - round(0.03 * N) + EVAL  # train and heldout are drawn together
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("gov")
     manifest = generate.generate_dataset(str(d), N, seed=0, heldout_fraction=0.03, eval_examples=EVAL)
-    recs = {s: pipeline.load_split(str(d), s) for s in generate.SPLITS}
+    recs = {s: load_split(str(d), s) for s in generate.SPLITS}
     return d, manifest, recs
 
 
@@ -327,7 +327,7 @@ def test_response_floor_is_the_generator_probability():
         u = rng.random((n, 24))
         u[:, 11] = 0.0  # the first scenario, which shows one slot
         u[:, 12], u[:, 13], u[:, 14], u[:, 15] = 0.99, 0.0, 0.99, 0.0  # no framing, opener, emotion, closer
-        draws = [generate._text(category, domain, "CALM", outcome, row, tpl) for row in u]
+        draws = [wording.text(category, domain, "CALM", outcome, row, tpl) for row in u]
         by_request = {}
         for d in draws:
             by_request.setdefault(d[0], []).append(d)
@@ -363,8 +363,8 @@ def test_same_seed_same_bytes(tmp_path):
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
     shard = "train-00000-of-00001.array_record"
     assert (a / shard).read_bytes() != (c / shard).read_bytes()
-    assert [r["prompt"] for r in pipeline.load_split(str(a), "train")] != \
-        [r["prompt"] for r in pipeline.load_split(str(c), "train")]
+    assert [r["prompt"] for r in load_split(str(a), "train")] != \
+        [r["prompt"] for r in load_split(str(c), "train")]
 
 
 @pytest.mark.parametrize("n", [0, -5])

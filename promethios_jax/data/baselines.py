@@ -9,7 +9,7 @@
 * A prompt-blind byte n-gram over responses, fit on the train split, scored in nats
   per UTF-8 byte (tokenizer-independent, like the generator's floor in the manifest).
 
-Everything is a pure function of records (the dicts of `pipeline.load_split`).
+Everything is a pure function of records (the dicts of `records.load_split`).
 """
 from __future__ import annotations
 

@@ -29,22 +29,22 @@ holds cases the evidence gate decides, near its threshold. No prompt repeats acr
 splits. The manifest gives each split's counts, HITL ceiling (the noise-free rule's
 accuracy), majority baseline and response floor: the generator's own entropy of the
 response given the prompt, in nats per UTF-8 byte (`_text` computes the exact
-log-probability of each response it writes).
+log-probability of each response it writes). Telemetry draws live in `draws.py`,
+texts in `wording.py`.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import string
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from array_record.python import array_record_module
 
-from promethios_jax.data import schema, templates
+from promethios_jax.data import draws, schema, templates, wording
 
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk, no codec: fastest random reads
@@ -64,219 +64,6 @@ SPLIT_DESCRIPTIONS = {
                       "evidence_trust_clearance above the requirement, risk within evidence_risk_window of "
                       "the threshold",
 }
-
-
-def _apportion(weights: dict, n: int) -> list:
-    """Exact counts by largest remainder, as a flat list of keys."""
-    keys = list(weights)
-    w = np.array([weights[k] for k in keys], np.float64)
-    w = w / w.sum()
-    raw = w * n
-    counts = np.floor(raw).astype(np.int64)
-    for i in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
-        counts[i] += 1
-    return [k for k, c in zip(keys, counts) for _ in range(c)]
-
-
-def _propose(rng, domain_idx: np.ndarray) -> dict:
-    """Broad telemetry proposal: every band gets mass, trust centred on the domain's requirement."""
-    n = len(domain_idx)
-    req = np.array([schema.DOMAIN_TRUST[d] for d in schema.DOMAINS])[domain_idx]
-    r2 = lambda x: np.round(np.clip(x, 0.0, 1.0), 2)  # noqa: E731
-    return {
-        "trust": r2(np.clip(req + rng.normal(0.05, 0.16, n), 0.05, 1.0)),
-        "intensity": r2(rng.random(n)),
-        "verify": r2(rng.beta(4.0, 1.8, n)),
-        "attest": r2(rng.beta(4.0, 1.8, n)),
-        "bound": r2(rng.beta(4.0, 1.8, n)),
-        "emotion": rng.integers(0, len(schema.EMOTIONS), n),
-        "state": rng.choice(len(schema.STATES), n, p=[0.35, 0.35, 0.2, 0.1]),
-        "model": rng.choice(len(schema.MODELS), n, p=[0.4, 0.3, 0.2, 0.1]),
-    }
-
-
-def _rule(domain_idx, t: dict) -> dict:
-    return schema.rule_arrays(domain_idx, t["trust"], t["intensity"], t["verify"], t["attest"], t["bound"],
-                              t["emotion"], t["state"], t["model"])
-
-
-def _sample(rng, domain_idx: np.ndarray, target: np.ndarray, key, tries: int = 16) -> dict:
-    """Telemetry with `key(domains, candidates) == target` per example, by vectorized rejection."""
-    n = len(domain_idx)
-    out = {k: np.zeros(n, np.float64 if k in schema.NUMERIC_KEYS else np.int64)
-           for k in ("trust", "intensity", "verify", "attest", "bound", "emotion", "state", "model")}
-    todo = np.arange(n)
-    for _ in range(200):
-        if not len(todo):
-            return out
-        dom = np.repeat(domain_idx[todo], tries)
-        cand = _propose(rng, dom)
-        ok = (key(dom, cand) == np.repeat(target[todo], tries)).reshape(len(todo), tries)
-        hit = ok.any(axis=1)
-        pick = np.arange(len(todo)) * tries + ok.argmax(axis=1)
-        for k in out:
-            out[k][todo[hit]] = cand[k][pick[hit]]
-        todo = todo[~hit]
-    raise RuntimeError(f"telemetry sampling did not converge for {len(todo)} examples")
-
-
-def sample_telemetry(rng, domain_idx: np.ndarray, band_idx: np.ndarray, tries: int = 16) -> dict:
-    """Telemetry whose rule band equals `band_idx`, by vectorized rejection sampling."""
-    return _sample(rng, domain_idx, band_idx, lambda dom, cand: _rule(dom, cand)["band"], tries)
-
-
-def _iid_telemetry(rng, domain_idx: np.ndarray) -> dict:
-    """The training distribution: bands apportioned by BAND_WEIGHTS, telemetry drawn per band."""
-    n = len(domain_idx)
-    band = np.array(_apportion(schema.BAND_WEIGHTS, n))[rng.permutation(n)]
-    return sample_telemetry(rng, domain_idx, np.array([schema.CONFIDENCE_BANDS.index(b) for b in band]))
-
-
-def _boundary_telemetry(rng, domain_idx: np.ndarray) -> dict:
-    """The training proposal with trust moved to within BOUNDARY_WIDTH of the requirement."""
-    t = _propose(rng, domain_idx)
-    req = np.array([schema.DOMAIN_TRUST[d] for d in schema.DOMAINS])[domain_idx]
-    w = int(round(schema.BOUNDARY_WIDTH * 100))
-    t["trust"] = np.round(np.clip(req + rng.integers(-w, w + 1, len(domain_idx)) / 100, 0.0, 1.0), 2)
-    return t
-
-
-def _evidence_telemetry(rng, domain_idx: np.ndarray) -> dict:
-    """Half escalations, half not, all decided by the evidence gate near its threshold."""
-    n = len(domain_idx)
-    target = rng.permutation(np.arange(n) % 2)
-
-    def key(dom, cand):
-        r = _rule(dom, cand)
-        near = schema.slice_masks(dom, cand["trust"], cand["intensity"], cand["emotion"], r["risk"])
-        return np.where(near["evidence_near"], r["hitl"], -1)
-
-    return _sample(rng, domain_idx, target, key)
-
-
-class _Slots:
-    """Per-example slot values, drawn from a row of uniforms so text costs no RNG calls.
-
-    Each pick uses a fresh uniform (at most ~21 per example, fewer than the row holds), so
-    a pick takes each entry of its sequence with probability 1/len: `prob` says how likely
-    the value drawn was, for the response floor.
-    """
-
-    def __init__(self, u: np.ndarray):
-        self.u, self.i = u.tolist(), 0  # Python floats: indexing a list is cheaper than numpy
-
-    def pick(self, seq):
-        n = len(seq)
-        x = seq[min(int(self.u[self.i % len(self.u)] * n), n - 1)]
-        self.i += 1
-        return x
-
-    def chance(self, p: float) -> bool:
-        x = self.u[self.i % len(self.u)] < p
-        self.i += 1
-        return x
-
-
-def _prob(seq, value) -> float:
-    """Probability that a uniform pick from `seq` gives `value` (duplicates count)."""
-    return sum(v == value for v in seq) / len(seq)
-
-
-@functools.lru_cache(maxsize=None)
-def _slot_names(text: str) -> frozenset:
-    return frozenset(m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)
-                     if m.group("named") or m.group("braced"))
-
-
-# Slots drawn together: ${eid} comes with $entity, ${role_id} with $role.
-_SLOT_GROUP = {"eid": "entity", "role_id": "role"}
-
-
-def _fill(text: str, slots: dict) -> str:
-    return string.Template(text).substitute(slots)
-
-
-def _text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, tpl: dict) -> tuple:
-    """(request, response, scenario tool, framing bias or None, log P(response | request, outcome)).
-
-    `tpl` is a template set (`templates.TRAIN` or `templates.HELDOUT`). The log-probability
-    sums the response-side picks and the slot values the response shows but the request
-    does not (values the request shows are known given the prompt).
-    """
-    s = _Slots(u)
-    ds = templates.DOMAIN_SLOTS[domain]
-    entity, eid = s.pick(ds["entity"])
-    role, role_id = s.pick(ds["role"])
-    agent = s.pick(templates.AGENTS)
-    agent2 = s.pick([a for a in templates.AGENTS if a != agent])
-    slots = {"subject": s.pick(ds["subject"]), "system": s.pick(ds["system"]), "human": s.pick(ds["human"]),
-             "team": s.pick(ds["team"]), "recipient": s.pick(ds["recipient"]), "entity": entity, "eid": eid,
-             "role": role, "role_id": role_id, "agent": agent, "agent2": agent2,
-             "deadline": s.pick(templates.DEADLINES), "weekday": s.pick(templates.WEEKDAYS)}
-    request, task, answer, tool = s.pick(tpl["scenarios"][category])
-    framing = s.pick(list(tpl["framings"])) if s.chance(templates.FRAMING_RATE) else None
-    distressed = emotion in schema.DISTRESSED_EMOTIONS
-    opener = s.pick(tpl["request_openers"])
-    if opener.endswith(","):  # "Hi, draft ..." reads as one sentence
-        request = request[0].lower() + request[1:]
-    parts = [opener, request]
-    if framing:
-        parts.append(s.pick(tpl["framings"][framing]))
-    if s.chance(0.6 if distressed else 0.25):
-        parts.append(s.pick(templates.EMOTION_PHRASES[emotion]))
-    parts.append(s.pick(tpl["request_closers"]))
-    req_template = " ".join(p for p in parts if p)
-    req_text = _fill(req_template, slots)
-    slots["task"] = _fill(task, slots)
-    logp = 0.0
-    alternative = None
-    if outcome == "support":
-        resp = s.pick(tpl["support_templates"])
-        logp += np.log(_prob(tpl["support_templates"], resp))
-    elif outcome == "escalate":
-        resp = s.pick(tpl["escalate_templates"])
-        logp += np.log(_prob(tpl["escalate_templates"], resp))
-    elif outcome == "decline":
-        alternative = s.pick(tpl["decline_alternatives"])
-        slots["alternative"] = _fill(alternative, slots)
-        resp = s.pick(tpl["decline_templates"])
-        logp += np.log(_prob(tpl["decline_alternatives"], alternative) * _prob(tpl["decline_templates"], resp))
-    else:
-        tails = tpl["safeguard_notes"] if outcome == "safeguards" else tpl["proceed_closers"]
-        tail = s.pick(tails)
-        opener = s.pick(tpl["proceed_openers"])
-        logp += np.log(_prob(tails, tail) * _prob(tpl["proceed_openers"], opener))
-        sep = "\n\n" if "\n" in answer else " "  # code stands on its own lines
-        resp = sep.join(p for p in (opener, answer, tail) if p)
-    used = set(_slot_names(resp))
-    for name, text in (("task", task), ("alternative", alternative)):
-        if name in used:
-            used |= _slot_names(text)
-    logp += _hidden_slots_logp(used - {"task", "alternative"},
-                               _slot_names(req_template), slots, ds)
-    return req_text, _fill(resp, slots), tool, framing, logp
-
-
-def _hidden_slots_logp(used: set, known: set, slots: dict, ds: dict) -> float:
-    """log P of the slot values the response uses that the request does not show."""
-    group = lambda n: _SLOT_GROUP.get(n, n)  # noqa: E731
-    known = {group(n) for n in known}
-    hidden = {group(n) for n in used} - known
-    logp = 0.0
-    for g in sorted(hidden):
-        if g == "agent2":  # drawn from the agents other than $agent
-            n = len(templates.AGENTS) - (1 if ("agent" in known or "agent" in hidden) else 0)
-            logp -= np.log(n)
-        elif g == "agent":
-            logp -= np.log(len(templates.AGENTS))
-        elif g in ("deadline", "weekday"):
-            seq = templates.DEADLINES if g == "deadline" else templates.WEEKDAYS
-            logp += np.log(_prob(seq, slots[g]))
-        elif g in ("entity", "role"):
-            logp -= np.log(len(ds[g]))
-        else:
-            logp += np.log(_prob(ds[g], slots[g]))
-    return logp
 
 
 def format_tags(telemetry: dict, domain: str) -> str:
@@ -311,11 +98,11 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
     (UTF-8 length of the response) and `evidence` (in the evidence slice). `seen` holds
     the prompts of every split so far.
     """
-    category = np.array(_apportion(schema.CATEGORY_WEIGHTS, n))[rng.permutation(n)]
-    domain = np.array(_apportion(schema.DOMAIN_WEIGHTS, n))[rng.permutation(n)]
+    category = np.array(draws.apportion(schema.CATEGORY_WEIGHTS, n))[rng.permutation(n)]
+    domain = np.array(draws.apportion(schema.DOMAIN_WEIGHTS, n))[rng.permutation(n)]
     dom_idx = np.array([schema.DOMAINS.index(d) for d in domain], np.int64)
     tel = telemetry_fn(rng, dom_idx)
-    rule = _rule(dom_idx, tel)
+    rule = draws.rule(dom_idx, tel)
     unc = schema.uncertainty_arrays(dom_idx, tel["trust"], tel["intensity"], tel["verify"], tel["attest"],
                                     tel["bound"], tel["emotion"], tel["state"], tel["model"])
     noisy = np.zeros(n, bool)
@@ -351,7 +138,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
         tags = format_tags(t, domain_l[i])
         u = uniforms[i]
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text
-            req_text, response, tool, framing, logp = _text(category_l[i], domain_l[i], t["emotion"],
+            req_text, response, tool, framing, logp = wording.text(category_l[i], domain_l[i], t["emotion"],
                                                             outcome, u, tpl)
             prompt = tags + "\n" + req_text
             if prompt not in seen:
@@ -390,7 +177,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
 
 def generate_examples(num_examples: int, seed: int) -> list:
     """Examples of the training distribution (dicts without `split`), in generation order."""
-    return _build(np.random.default_rng(seed), num_examples, _iid_telemetry, templates.TRAIN,
+    return _build(np.random.default_rng(seed), num_examples, draws.iid_telemetry, templates.TRAIN,
                   f"gov-{seed}-", set())[0]
 
 
@@ -453,8 +240,6 @@ def _summaries(records: list) -> tuple:
 
 
 def _write_split(out: Path, split: str, records: list) -> list:
-    from array_record.python import array_record_module
-
     for old in out.glob(f"{split}-*-of-*.array_record"):
         old.unlink()
     n_shards = max(1, -(-len(records) // SHARD_RECORDS))
@@ -490,15 +275,15 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
     n_held = max(n_frac, n_eval)
 
     seen: set = set()
-    pool, info = _build(np.random.default_rng(seed), n - n_frac + n_held, _iid_telemetry, templates.TRAIN,
+    pool, info = _build(np.random.default_rng(seed), n - n_frac + n_held, draws.iid_telemetry, templates.TRAIN,
                         f"gov-{seed}-", seen)
     held = np.zeros(len(pool), bool)
     held[np.random.default_rng([seed, 1]).permutation(len(pool))[:n_held]] = True
     parts = {"train": ([e for e, h in zip(pool, held) if not h], info, ~held, "train"),
              "heldout": ([e for e, h in zip(pool, held) if h], info, held, "train")}
-    for k, (split, fn, tpl_name) in enumerate((("heldout_templates", _iid_telemetry, "heldout"),
-                                               ("shift_boundary", _boundary_telemetry, "train"),
-                                               ("shift_evidence", _evidence_telemetry, "train"))):
+    for k, (split, fn, tpl_name) in enumerate((("heldout_templates", draws.iid_telemetry, "heldout"),
+                                               ("shift_boundary", draws.boundary_telemetry, "train"),
+                                               ("shift_evidence", draws.evidence_telemetry, "train"))):
         tpl = templates.HELDOUT if tpl_name == "heldout" else templates.TRAIN
         ex, inf = _build(np.random.default_rng([seed, 2, k]), n_eval, fn, tpl, f"gov-{seed}-{split}-", seen)
         parts[split] = (ex, inf, np.ones(len(ex), bool), tpl_name)
@@ -529,8 +314,6 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
             "evidence_risk_window": schema.EVIDENCE_RISK_WINDOW,
         },
     }
-    for stale in out.glob("lengths-*.npy"):  # the pipeline's token-length caches of older data
-        stale.unlink()
     for split in SPLITS:
         examples, inf, mask, tpl_name = parts[split]
         records = [{"id": ex["id"], "split": split, **{k: v for k, v in ex.items() if k != "id"}}
