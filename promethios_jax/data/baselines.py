@@ -303,8 +303,8 @@ class ByteNgram:
         i = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
         return np.where(keys[i] == query, values[i], 0)
 
-    def nats(self, texts) -> tuple:
-        """(total nats, total UTF-8 bytes) of `texts` under the fitted model."""
+    def _probs(self, texts) -> np.ndarray:
+        """P of every predicted symbol (each byte and each response's end), in order."""
         if self.tables is None:
             raise ValueError("ByteNgram: fit it before scoring")
         p = None
@@ -317,8 +317,21 @@ class ByteNgram:
             seen = ch > 0
             safe = np.where(seen, ch, 1)
             p = np.where(seen, np.maximum(c - self.discount, 0) / safe + self.discount * t / safe * p, p)
-        nbytes = sum(len(t.encode("utf-8")) for t in texts)
-        return float(-np.log(p).sum()) if p is not None else 0.0, nbytes
+        return p
+
+    def nats(self, texts) -> tuple:
+        """(total nats, total UTF-8 bytes) of `texts` under the fitted model."""
+        each = self.nats_each(texts)
+        return float(each.sum()), sum(len(t.encode("utf-8")) for t in texts)
+
+    def nats_each(self, texts) -> np.ndarray:
+        """float64[len(texts)]: the nats of each text (its bytes and its end)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros(0)
+        nll = -np.log(self._probs(texts))
+        starts = np.r_[0, np.cumsum([len(t.encode("utf-8")) + 1 for t in texts])[:-1]]
+        return np.add.reduceat(nll, starts)
 
     def nats_per_byte(self, texts) -> float:
         total, nbytes = self.nats(texts)

@@ -75,7 +75,8 @@ def format_tags(telemetry: dict, domain: str) -> str:
     return "".join(tags)
 
 
-def _bias(telemetry: dict, domain: str, framing) -> dict:
+def bias_labels(telemetry: dict, domain: str, framing) -> dict:
+    """The bias labels: a request framing, or the telemetry pattern of that bias."""
     req = schema.DOMAIN_TRUST[domain]
     active = {
         "authority": framing == "authority" or (telemetry["trust"] >= req + schema.HIGH_TRUST_MARGIN - 1e-9
@@ -167,7 +168,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
                 "decision": decision,
                 "confidence": b,
                 "uncertainty": dict(zip(schema.UNCERTAINTY_DIMS, unc[i])),
-                "bias": _bias(t, domain_l[i], framing),
+                "bias": bias_labels(t, domain_l[i], framing),
                 "tool": tool,
                 "conflict": schema.CONFLICTS[conflict_rule[i]],
             },

@@ -292,10 +292,15 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
     (the prompt whole, the response's tail cut); one whose prompt cannot fit raises
     DataError.
     """
+    return record_batches(config, ShardedRecords(data_dir, split), split, batch_size)
+
+
+def record_batches(config, records, name: str, batch_size: int | None = None):
+    """`eval_batches` over any sequence of records (the eval's perturbed requests, say);
+    `name` labels them in errors."""
     b = int(batch_size or config.eval.batch_size)
     if b <= 0:
         raise DataError(f"batch_size={b} must be positive")
-    records = ShardedRecords(data_dir, split)
     tok = build_tokenizer(config)
     max_len = int(config.model.max_seq_len)
     for start in range(0, len(records), b):
@@ -305,7 +310,7 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
             rec = records[i]
             fitted = packing.encode_fitted(rec, tok, max_len)
             if fitted is None:
-                raise DataError(f"{split} record {i} ({rec.get('id')}): its prompt and one response token "
+                raise DataError(f"{name} record {i} ({rec.get('id')}): its prompt and one response token "
                                 f"do not fit config.model.max_seq_len={max_len}")
             packing.place(out, row, 0, 0, 1, rec, *fitted)
             out["prompt_lengths"][row] = len(fitted[0])
