@@ -1,7 +1,10 @@
 """Scoring: every figure of `<step>.json` from the prediction rows (eval/predict.py).
 
 `metrics_from_rows` is the single code path from rows to figures, for the job and for
-anyone recomputing them from `<step>.predictions.jsonl`. The HITL (escalation) head has
+anyone recomputing them from `<step>.predictions.jsonl` (with the manifest's ceilings
+and floors): each split's figures (`split_metrics`), the flip rate, professional
+communication per generated split, and the gates, computed on the hard rows for the
+model and every baseline alike (`gate_figures`). The HITL (escalation) head has
 its own set (calibration, deferral, domain rules, the gates); every other head of the
 registry is scored by its kind: softmax heads by accuracy (`<head>_accuracy`), soft
 multi-label heads by macro-F1 over their dimensions (`<head>_macro_f1`, per dimension
