@@ -101,7 +101,7 @@ def pick_samples(gens: list[dict], n: int) -> list[dict]:
 def _ci(f: dict) -> str:
     if not f or f.get("value") is None:
         return "n/a"
-    return f"{f['value']:.3f} [{_fmt(f['ci_low'])[:5]}, {_fmt(f['ci_high'])[:5]}]"
+    return f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
 
 
 def _split_tables(result: dict) -> list[str]:
