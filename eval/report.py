@@ -101,6 +101,8 @@ def pick_samples(gens: list[dict], n: int) -> list[dict]:
 def _ci(f: dict) -> str:
     if not f or f.get("value") is None:
         return "n/a"
+    if f.get("ci_low") is None or f.get("ci_high") is None:
+        return f"{f['value']:.3f}"
     return f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
 
 
