@@ -17,7 +17,7 @@ from promethios_jax.checkpoint import load as load_checkpoint
 from promethios_jax.data.records import load_split
 from promethios_jax.workdir import data_dir, read_config
 from promethios_jax.data import schema
-from promethios_jax.data.generate import _bias, format_tags
+from promethios_jax.data.generate import bias_labels as _generator_bias_labels, format_tags
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example
 from promethios_jax.generate import sample_token  # noqa: F401 -- re-exported for the engine
 
@@ -43,7 +43,7 @@ codes = schema.codes
 
 def bias_labels(telemetry: dict, domain: str) -> dict:
     """The generator's bias labels of a request without a framing cue (the telemetry-driven ones)."""
-    return _bias(telemetry, domain, None)
+    return _generator_bias_labels(telemetry, domain, None)
 
 
 class PromptError(ValueError):
