@@ -135,8 +135,9 @@ def make_train_step(config, graphdef, tx, schedule, mesh):
 
     def forward_sums(params, mb):
         model = nnx.merge(graphdef, params)
-        out = model(mb["tokens"], telemetry=mb["telemetry"], segment_ids=mb["segment_ids"],
-                    positions=mb["positions"], head_positions=mb["head_positions"])
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the cuDNN path pins q/k/v to it
+            out = model(mb["tokens"], telemetry=mb["telemetry"], segment_ids=mb["segment_ids"],
+                        positions=mb["positions"], head_positions=mb["head_positions"])
         return loss_lib.loss_sums(out, mb), model
 
     def micro_loss(params, mb, counts):
