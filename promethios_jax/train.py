@@ -21,6 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from promethios_jax import config as config_lib
+from promethios_jax import gpu_aot
 
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
@@ -28,6 +29,9 @@ DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (ml-collections get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory: data, checkpoints, TensorBoard, metrics.jsonl.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the mesh, report memory and FLOPs, exit.")
+_TARGET = flags.DEFINE_enum("target", None, sorted(gpu_aot.TARGETS), "With --dry_run: compile for this GPU with XLA's "
+                            "GPU compiler on this host (needs the gpu-aot extra; see promethios_jax/gpu_aot.py).")
+_TOPOLOGY = flags.DEFINE_string("topology", "1x1x8", "With --target: SLICESxHOSTSxGPUS_PER_HOST, e.g. 1x1x8, 1x4x8.")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
@@ -492,6 +496,15 @@ def main(argv):
         from promethios_jax import sharding
 
         config = _CONFIG.value
+        if _TARGET.value:
+            if not _DRY_RUN.value:
+                raise TrainError("--target compiles for a GPU on this host: use it with --dry_run")
+            try:
+                gpu_aot.dry_run(config, config_flags.get_config_filename(flags.FLAGS["config"]), _TARGET.value,
+                                _TOPOLOGY.value, train=sys.modules[__name__])
+            except gpu_aot.GpuAotError as e:
+                raise TrainError(str(e)) from e
+            return 0
         if _DRY_RUN.value:
             config_lib.validate(config, jax.device_count(), jax.process_count())
             if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
