@@ -323,9 +323,12 @@ def max_batch(config, target: str, topology: str, limit: int = 256, xla_flags: s
         try:
             check_fits(report, "probe")
         except GpuAotError:
-            return False
-        reports[per_device] = report
-        return True
+            ok = False
+        else:
+            ok = reports[per_device] = report
+        print(f"  micro-batch {per_device} per device: {report['gib_per_device']} GiB "
+              f"({'fits' if ok else 'does not fit'})", flush=True)
+        return bool(ok)
 
     lo, hi = 0, 1
     while hi <= limit and fits(hi):
