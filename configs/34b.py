@@ -32,7 +32,7 @@ def get_config():
     t = c.train
     t.global_batch_size = 32
     # One row of 16384 per GPU on four 8-GPU hosts (1x4x8): 47.5 GiB per H100 by XLA's
-    # GPU compiler (BENCHMARKS.md, issue 13). On two hosts use grad_accum_steps=2.
+    # GPU compiler (BENCHMARKS.md, issue 13); two hosts do not fit (92.5 GiB at 1 x 2).
     t.grad_accum_steps = 1
     t.learning_rate = 2e-5  # fine-tuning a pretrained base
     t.warmup_steps = 50
