@@ -108,8 +108,9 @@ def target_devices(target: str, topology: str) -> list:
     import jax
     from jax.experimental import topologies
 
-    if jax.config.jax_platforms not in (None, "", "cpu") and "cpu" not in str(jax.config.jax_platforms):
-        raise GpuAotError(f"JAX_PLATFORMS={jax.config.jax_platforms!r}: run the GPU-target compile with JAX_PLATFORMS=cpu")
+    platforms = jax.config.jax_platforms or ""
+    if platforms and "cpu" not in platforms.split(","):
+        raise GpuAotError(f"JAX_PLATFORMS={platforms!r}: run the GPU-target compile with JAX_PLATFORMS=cpu")
     return list(topologies.get_topology_desc(platform="cuda", topology=topology,
                                              target_config=target_text(target)).devices)
 
