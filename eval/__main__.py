@@ -43,7 +43,7 @@ class _LazyWriter:
 
     def write_scalars(self, step, scalars):
         if self._w is None:
-            from promethios_jax.metrics import MetricsWriter
+            from promethios_jax.metrics import MetricsWriter  # with the runner: --help needs no jax
 
             self._w = MetricsWriter(self.workdir, run="eval", jsonl_name=None)
         self._w.write_scalars(step, scalars)

@@ -81,6 +81,23 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def summary(result: dict) -> str:
+    """One line: the headline figures and the gates."""
+    keys = ("hitl_accuracy", "hitl_ceiling", "ece", "domain_compliance", "leak_rate", "perplexity")
+    gates = ", ".join(f"{k} {_fmt(g['value'])} {'pass' if g['passed'] else 'FAIL'}"
+                      for k, g in result["gates"].items())
+    return (f"eval step {result['step']} ({result['num_examples']} {result['split']} examples): "
+            + ", ".join(f"{k} {_fmt(result.get(k))}" for k in keys) + f"; gates: {gates}")
+
+
+def pick_samples(gens: list[dict], n: int) -> list[dict]:
+    """Up to n generations for the report, half escalated and half answered when possible."""
+    esc = [g for g in gens if g["escalated"]]
+    ans = [g for g in gens if not g["escalated"]]
+    k = min(len(esc), max(n // 2, n - len(ans)))
+    return esc[:k] + ans[:n - k]
+
+
 def markdown(result: dict, samples: list[dict], images: dict[str, str]) -> str:
     """A short human report: headline metrics, gates, pictures, sample generations."""
     lines = [f"# Eval of step {result['step']} ({result['split']}, {result['num_examples']} examples)", ""]

@@ -3,12 +3,12 @@
     python -m promethios_jax.bench --config=configs/1_3b.py [--steps=10] [--repeats=5] [--warmup=3]
         [--config.train.global_batch_size=16 --config.train.grad_accum_steps=1 ...]
 
-What is timed is the train step exactly as training builds it (`train.compile_step`: the
+What is timed is the train step exactly as training builds it (`aot.compile_step`: the
 same model, loss, optimizer, shardings and donation), on the mesh from the config.
 
-The batches are synthetic, so that the figure is the model's and the step's, not the
-input pipeline's (that one has its own benchmark, `promethios_jax.data.bench`). They have
-training's shapes and a fixed layout: even rows hold one document, odd rows two packed
+The batches are synthetic (`data/synthetic.py`), so that the figure is the model's and
+the step's, not the input pipeline's (that one has its own benchmark,
+`promethios_jax.data.bench`). They have training's shapes and a fixed layout: even rows hold one document, odd rows two packed
 documents (5/8 and 3/8 of the row), every slot belongs to a document (no padding); each
 document has a prompt (its first quarter) whose last token carries the governance head
 slot, LM targets on the response, random tokens, telemetry and head labels drawn inside
@@ -31,9 +31,7 @@ Output: a table, then as the last line one JSON object (tokens_per_s, step_time_
 device_kind, mfu, ...). With `attention_impl='cudnn'` on a backend without cuDNN the
 step is built with 'xla' instead, and the JSON says so.
 
-Flags: --config (and --config.* overrides) and the multi-host flags are train.py's own
-flag objects (importing this module imports train.py); --workdir and --dry_run are
-accepted and ignored.
+Flags: --config (and --config.* overrides) and the multi-host flags as train's.
 """
 from __future__ import annotations
 
@@ -44,14 +42,18 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
+import jax
 from absl import app, flags
+from ml_collections import config_flags
 
+from promethios_jax import aot, distributed, flops, metrics, sharding
 from promethios_jax import config as config_lib
-from promethios_jax import train as train_lib
+from promethios_jax.data import synthetic
 
-# Two documents per odd row, split at this fraction of the row.
-SPLIT_FRACTION = 5 / 8
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+
 NUM_BATCHES = 2
 
 
@@ -60,6 +62,8 @@ def _define_flags():
     next to other absl programs cannot clash)."""
     if "repeats" in flags.FLAGS:
         return
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (ml-collections get_config()).")
+    distributed.define_flags()
     flags.DEFINE_integer("steps", 10, "Steps per timed window.", lower_bound=1)
     flags.DEFINE_integer("repeats", 5, "Timed windows; the figures are the median window.", lower_bound=1)
     flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
@@ -67,67 +71,12 @@ def _define_flags():
 
 
 # ---------------------------------------------------------------------------------------
-# Synthetic batches
-
-
-def _doc_spans(length: int, row: int, slots: int) -> list[tuple[int, int]]:
-    if row % 2 == 0 or slots < 2 or length < 8:
-        return [(0, length)]
-    cut = int(length * SPLIT_FRACTION)
-    return [(0, cut), (cut, length)]
-
-
-def synthetic_batch(config, seed: int = 0) -> dict:
-    """A global batch of numpy arrays with train.abstract_batch's shapes and dtypes."""
-    import numpy as np
-
-    from promethios_jax.data import schema
-
-    m = config.model
-    b, length, s = config.train.global_batch_size, m.max_seq_len, config.data.max_segments_per_row
-    rng = np.random.default_rng(seed)
-    out = {
-        "tokens": rng.integers(0, m.vocab_size, (b, length), dtype=np.int32),
-        "targets": np.zeros((b, length), np.int32),
-        "loss_mask": np.zeros((b, length), np.float32),
-        "segment_ids": np.zeros((b, length), np.int32),
-        "positions": np.zeros((b, length), np.int32),
-        "telemetry": np.zeros((b, length, schema.TELEMETRY_DIM), np.float32),
-        "head_positions": np.zeros((b, s), np.int32),
-        "head_mask": np.zeros((b, s), np.float32),
-        "hitl": np.zeros((b, s), np.int32),
-        "decision": np.zeros((b, s), np.int32),
-        "confidence": np.zeros((b, s), np.int32),
-        "tool": np.zeros((b, s), np.int32),
-        "conflict": np.zeros((b, s), np.int32),
-        "uncertainty": np.zeros((b, s, len(schema.UNCERTAINTY_DIMS)), np.float32),
-        "bias": np.zeros((b, s, len(schema.BIAS_CATEGORIES)), np.float32),
-    }
-    classes = {"hitl": 2, "decision": m.n_decisions, "confidence": m.n_confidence, "tool": m.n_tools,
-               "conflict": len(schema.CONFLICTS)}
-    for row in range(b):
-        for slot, (start, end) in enumerate(_doc_spans(length, row, s)):
-            n = end - start
-            prompt = max(1, n // 4)
-            out["targets"][row, start:end - 1] = out["tokens"][row, start + 1:end]
-            out["loss_mask"][row, start + prompt - 1:end - 1] = 1.0
-            out["segment_ids"][row, start:end] = slot + 1
-            out["positions"][row, start:end] = np.arange(n, dtype=np.int32)
-            out["telemetry"][row, start:end] = rng.random(schema.TELEMETRY_DIM, dtype=np.float32)
-            out["head_positions"][row, slot] = start + prompt - 1
-            out["head_mask"][row, slot] = 1.0
-            for key, k in classes.items():
-                out[key][row, slot] = rng.integers(0, k)
-            out["uncertainty"][row, slot] = rng.random(len(schema.UNCERTAINTY_DIMS), dtype=np.float32)
-            out["bias"][row, slot] = rng.random(len(schema.BIAS_CATEGORIES), dtype=np.float32)
-    return out
+# Placing batches
 
 
 def place_batch(batch: dict, batch_abs: dict) -> dict:
     """Puts a global numpy batch on the mesh with the step's input shardings (each
     process supplies the shards of its own devices, so this works on many hosts)."""
-    import jax
-
     out = {}
     for k, abs_ in batch_abs.items():
         arr = batch[k]
@@ -143,26 +92,18 @@ def place_batch(batch: dict, batch_abs: dict) -> dict:
 def run_benchmark(config, steps: int = 10, repeats: int = 5, warmup: int = 3, batch_seed: int = 0,
                   config_name: str = "") -> dict:
     """Compiles, warms up and times the train step; returns the report (the JSON line)."""
-    import jax
-
-    from promethios_jax import flops, metrics, sharding
-
     config_lib.validate(config, jax.device_count(), jax.process_count())
     notes = []
     if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
         notes.append("attention_impl='cudnn' needs a GPU; measured with 'xla'")
         config.model.attention_impl = "xla"
     mesh = sharding.make_mesh(config)
-    t0 = time.perf_counter()
-    jitted, abstract, shardings, init_fn, batch_abs = train_lib.compile_step(config, mesh)
-    compiled = jitted.lower(abstract, batch_abs).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                 - mem.alias_size_in_bytes) if mem is not None else None
+    step = aot.compile_step(config, mesh)
+    compiled, batch_abs, compile_s = step.executable, step.batch, step.compile_s
+    xla_bytes = step.memory()["bytes_per_device"]
 
-    state = jax.jit(init_fn, out_shardings=shardings)()
-    batches = [place_batch(synthetic_batch(config, batch_seed + i), batch_abs) for i in range(NUM_BATCHES)]
+    state = jax.jit(step.setup.init, out_shardings=step.setup.shardings)()
+    batches = [place_batch(synthetic.batch(config, batch_seed + i), batch_abs) for i in range(NUM_BATCHES)]
     jax.block_until_ready((state, batches))
 
     i = 0
@@ -211,7 +152,7 @@ def run_benchmark(config, steps: int = 10, repeats: int = 5, warmup: int = 3, ba
         "grad_accum_steps": config.train.grad_accum_steps,
         "seq_len": seq_len,
         "tokens_per_step": tokens_per_step,
-        "params": train_lib.param_count(abstract),
+        "params": step.setup.param_count,
         "flops_per_token": fpt,
         "compute_dtype": config.model.compute_dtype,
         "param_dtype": config.model.param_dtype,
@@ -261,17 +202,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ml_collections import config_flags
-
     try:
-        train_lib.init_distributed()
-        config = train_lib._CONFIG.value
+        distributed.initialize()
+        config = flags.FLAGS.config
         name = config_flags.get_config_filename(flags.FLAGS["config"])
         overrides = config_flags.get_override_values(flags.FLAGS["config"])
         report = run_benchmark(config, flags.FLAGS.steps, flags.FLAGS.repeats, flags.FLAGS.warmup,
                                flags.FLAGS.batch_seed, config_name=name)
         report["overrides"] = overrides
-    except (train_lib.TrainError, config_lib.ConfigError) as e:
+    except (distributed.DistributedError, config_lib.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     for note in report["notes"]:

@@ -3,8 +3,9 @@
     python -m promethios_jax.bench_checkpoint --config=configs/350m.py \\
         --config.model.max_seq_len=256 --config.train.global_batch_size=1 --steps=13 --every=4
 
-Runs the real loop (`train.train`, its `save()` and the Orbax manager) for `--steps`
-steps with a save every `--every`, on the devices there are, logging every step. From
+Runs the real loop (`python -m promethios_jax.train` in a subprocess, with the --config
+and --config.* given here) for `--steps` steps with a save every `--every`, on the
+devices there are, logging every step. From
 metrics.jsonl: `perf/checkpoint_s` is the time the loop spent inside `save()` (the
 blocking part: the device-to-host copy, the fingerprints, Orbax's bookkeeping) and
 `perf/step_time_s` the step time without it. A watcher notes when each step directory
@@ -21,19 +22,29 @@ it is shown on its own. `--mode=both` also runs with synchronous saves for contr
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import jax
 from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
-# The train module defines --config (with its --config.* overrides) and --workdir.
-from promethios_jax import train
+from promethios_jax import config as config_lib
+from promethios_jax import workdir as workdir_lib
+from promethios_jax.data import generate
 
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (ml-collections get_config()).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs here (default: a temporary directory, removed after).")
 _STEPS = flags.DEFINE_integer("steps", 13, "Steps to run (saves at every multiple of --every, and the last).")
 _EVERY = flags.DEFINE_integer("every", 4, "checkpoint.every_steps for the benchmark.")
 _MODE = flags.DEFINE_enum("mode", "async", ["async", "sync", "both"], "Save mode(s) to measure.")
@@ -49,33 +60,38 @@ def _watch_commits(cdir: Path, stop: threading.Event, seen: dict) -> None:
         time.sleep(0.05)
 
 
-def measure(config, workdir: Path, steps: int, every: int, async_save: bool) -> dict:
-    config = config.copy_and_resolve_references()
-    config.train.log_every = 1
-    config.checkpoint.every_steps = every
-    config.checkpoint.async_save = async_save
-    config.checkpoint.max_to_keep = 2
-    config.checkpoint.keep_period = 0
+def _config_args() -> list[str]:
+    """This program's --config and --config.* flags, to hand to the train program."""
+    name = config_flags.get_config_filename(flags.FLAGS["config"])
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    return [f"--config={name}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def measure(data_path: str, workdir: Path, steps: int, every: int, async_save: bool) -> dict:
     if workdir.exists():
         shutil.rmtree(workdir)
     commits: dict[int, float] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_commits, args=(workdir / "checkpoints", stop, commits), daemon=True)
+    cdir = workdir_lib.checkpoint_dir(workdir)
+    watcher = threading.Thread(target=_watch_commits, args=(cdir, stop, commits), daemon=True)
     watcher.start()
+    cmd = [sys.executable, "-m", "promethios_jax.train", f"--workdir={workdir}", *_config_args(),
+           "--config.train.log_every=1", f"--config.train.steps={steps}", f"--config.checkpoint.every_steps={every}",
+           f"--config.checkpoint.async_save={async_save}", "--config.checkpoint.max_to_keep=2",
+           "--config.checkpoint.keep_period=0", f"--config.data.path={data_path}"]
     try:
-        train.train(config, str(workdir), stop_after=steps)
+        subprocess.run(cmd, check=True, env=dict(os.environ))
     finally:
         stop.set()
         watcher.join()
-    rows = {r["step"]: r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
+    rows = {r["step"]: r for r in map(json.loads, workdir_lib.metrics_path(workdir).read_text().splitlines())}
     saves = [s for s in range(every, steps, every) if s + 1 in rows]  # the last one is waited for by design
     blocking = [rows[s + 1]["perf/checkpoint_s"] for s in saves]
     step_times = [rows[s]["perf/step_time_s"] for s in sorted(rows) if s > 1 and "perf/step_time_s" in rows[s]]
     quiet = [rows[s]["perf/step_time_s"] for s in sorted(rows)
              if s > 1 and "perf/step_time_s" in rows[s] and (s - 1) not in saves]
     commit_s = [commits[s] - rows[s]["time"] for s in saves if s in commits]
-    newest = workdir / "checkpoints" / str(max(int(p.name) for p in (workdir / "checkpoints").iterdir()
-                                               if p.name.isdigit()))
+    newest = workdir_lib.step_dir(workdir, workdir_lib.checkpoint_steps(workdir)[-1])
     state_bytes = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
     step = statistics.median(step_times)
     steady = blocking[1:] or blocking
@@ -101,23 +117,14 @@ def measure(config, workdir: Path, steps: int, every: int, async_save: bool) -> 
 
 def main(argv):
     del argv
-    import logging
-
-    from absl import logging as absl_logging
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
-    import jax
-
-    from promethios_jax import config as config_lib
-    from promethios_jax.data import generate
-
-    config = train._CONFIG.value
-    keep = flags.FLAGS["workdir"].present
-    root = Path(train._WORKDIR.value) if keep else Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
+    config = _CONFIG.value
+    keep = _WORKDIR.value is not None
+    root = Path(_WORKDIR.value) if keep else Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
     root.mkdir(parents=True, exist_ok=True)
     if not config.data.path:
-        data = root / "data"
+        data = root / workdir_lib.DATA
         if not (data / "manifest.json").exists():
             generate.generate_dataset(str(data), _EXAMPLES.value, config.data.seed, config.data.heldout_fraction)
         config.data.path = str(data)
@@ -126,7 +133,7 @@ def main(argv):
     results = []
     try:
         for a in modes:
-            r = measure(config, root / ("run_async" if a else "run_sync"), _STEPS.value, _EVERY.value, a)
+            r = measure(config.data.path, root / ("run_async" if a else "run_sync"), _STEPS.value, _EVERY.value, a)
             results.append(r)
     finally:
         if not keep:

@@ -6,12 +6,12 @@ format, so plain Orbax can read it without this project's code. Restores always
 target shardings built from the *current* mesh, so a checkpoint moves between device
 counts (the failure of orbax #648 when no target sharding is given).
 
-`data_iter` holds the data position as one integer, `batches_consumed` (global
-batches), with the global batch size it counts in; the row stream does not depend on
-the batch size or the process count, so the position converts exactly (docs/checkpoints.md).
+`data_iter` holds the data position as the data iterator gives it (`get_state()`,
+data/position.py); this module stores it and hands it back, nothing more.
 
-`integrity` holds one fingerprint per array of `state`, taken on the devices at save
-time and checked after every restore: a garbled chunk can decode without an error.
+`integrity` holds one fingerprint per array of `state` (promethios_jax/integrity.py),
+taken on the devices at save time and checked after every restore: a garbled chunk can
+decode without an error.
 
 Nothing here deletes a checkpoint that restores: Orbax removes old steps (max_to_keep)
 only after the newer save has committed, and a step that does not read back is moved
@@ -31,23 +31,22 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from promethios_jax import integrity, sharding
+from promethios_jax import state as state_lib
+from promethios_jax import workdir as workdir_lib
+from promethios_jax.workdir import WorkdirError, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
 ITEMS = ("state", "data_iter", "config", "integrity")
-# What decides the order of training rows: the same batches_consumed means other data
-# when one of these changes (docs/checkpoints.md).
-STREAM_KEYS = (("model", "max_seq_len"), ("data", "max_segments_per_row"), ("data", "shuffle_seed"),
-               ("data", "tokenizer"))
 _TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-def checkpoint_dir(workdir) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+class CheckpointError(WorkdirError):
+    """A checkpoint that cannot be restored as asked (shape mismatch, none readable, unknown step)."""
 
 
 def _primary() -> bool:
@@ -60,15 +59,8 @@ def _warn(msg: str) -> None:
         print(f"WARNING: {msg}", file=sys.stderr, flush=True)
 
 
-def _note(msg: str) -> None:
-    if _primary():
-        print(msg, flush=True)
-
-
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -76,8 +68,6 @@ def _all_true(ok: bool) -> bool:
     """True on every process iff `ok` holds on every process (one host: `ok`)."""
     if jax.process_count() == 1:
         return ok
-    from jax.experimental import multihost_utils
-
     return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
@@ -159,134 +149,9 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state: dict
         state=ocp.args.StandardSave(state),
         data_iter=ocp.args.JsonSave(data_iter_state),
         config=ocp.args.JsonSave(json.loads(config.to_json())),
-        integrity=ocp.args.JsonSave({"algorithm": FINGERPRINT_ALGORITHM, "leaves": fingerprint(state)}),
+        integrity=ocp.args.JsonSave(integrity.record(state)),
     )
     return manager.save(step, args=args, force=force)
-
-
-# ---------------------------------------------------------------------------------------
-# Value fingerprints: a flipped or garbled byte inside a compressed chunk can decode
-# without any error into other numbers (tried: 64 random bytes in a data file of a
-# step restored "fine"), so every save records one number per array and every restore
-# recomputes it from what it read.
-
-FINGERPRINT_ALGORITHM = "u32-odd-weighted-sum-v1"
-
-
-def _index_weights(shape):
-    """2 * (row-major linear index) + 1 mod 2**32, from broadcast iotas: no reshape, so a
-    sharded array stays sharded as it is."""
-    import jax.numpy as jnp
-
-    idx = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for d in reversed(range(len(shape))):
-        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride)
-        stride = (stride * shape[d]) % 2**32
-    return idx * jnp.uint32(2) + jnp.uint32(1)
-
-
-def _leaf_fingerprint(x):
-    import jax.numpy as jnp
-
-    x = jnp.asarray(x)
-    if x.dtype == jnp.bool_:
-        u = x.astype(jnp.uint32)
-    else:
-        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
-        u = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    if u.ndim == 0:
-        u = u.reshape(1)
-    # A sum of the words times odd weights, mod 2**32: odd weights are invertible, so any
-    # one changed word changes it, and words that move mostly do. Integer sums are exact
-    # in any order, so the number does not depend on the sharding. Splitting the last
-    # axis into groups of k and summing those first is 7x faster on XLA:CPU than one
-    # flat reduction (0.13 against 0.9 s/GiB); on a GPU either takes milliseconds.
-    k = next((k for k in (32, 16, 8, 4, 2) if u.shape[-1] % k == 0), 1)
-    u = u.reshape(u.shape[:-1] + (u.shape[-1] // k, k))
-    inner = jnp.sum(u * (jnp.arange(k, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)), axis=-1,
-                    dtype=jnp.uint32)
-    return jnp.sum(inner * _index_weights(inner.shape), dtype=jnp.uint32)
-
-
-@jax.jit
-def _fingerprints(tree):
-    import jax.numpy as jnp
-
-    leaves = jax.tree.leaves(tree)
-    return jnp.stack([_leaf_fingerprint(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.uint32)
-
-
-def fingerprint(tree) -> dict[str, int]:
-    """{leaf path: fingerprint} of a PyTree of arrays (one device pass, one small fetch)."""
-    paths = [p for p, _ in _flatten(tree)]
-    values = np.asarray(jax.device_get(_fingerprints(tree)))
-    return {p: int(v) for p, v in zip(paths, values)}
-
-
-def _verify(tree, expected: dict, what: str) -> None:
-    got = fingerprint(tree)
-    bad = [p for p, v in got.items() if p in expected and int(expected[p]) != v]
-    if bad:
-        raise ValueError(f"{len(bad)} array(s) read back other values than were saved ({', '.join(bad[:3])}"
-                         f"{' ...' if len(bad) > 3 else ''}) in {what}")
-
-
-# ---------------------------------------------------------------------------------------
-# The data position
-
-
-def _stream(config) -> dict:
-    return {f"{sec}.{key}": config[sec][key] for sec, key in STREAM_KEYS}
-
-
-def data_iter_state(loader, config) -> dict:
-    """What `data_iter` holds: the position in global batches and what it counts in."""
-    n = int(loader.batches_consumed)
-    g = int(config.train.global_batch_size)
-    return {
-        "batches_consumed": n,
-        "global_batch_size": g,
-        "rows_consumed": n * g,
-        "process_count": jax.process_count(),
-        "iterator": dict(loader.get_state()),  # the Grain iterator's own state
-        "stream": _stream(config),
-    }
-
-
-def resume_position(it_state: dict, config, step: int | None = None) -> int:
-    """The `start_batch` (in the current global batch size) at which a resumed run
-    continues: exactly the next unseen row, or CheckpointError.
-
-    Global batch b is rows [b*G, (b+1)*G) of a row stream that depends on neither G
-    nor the process count, so a position moves between process counts as it is and
-    between batch sizes through rows consumed, when the new size divides them.
-    """
-    at = f"checkpoint step {step}" if step is not None else "the checkpoint"
-    if "batches_consumed" not in it_state:
-        raise CheckpointError(f"{at}: data_iter holds no batches_consumed ({sorted(it_state)})")
-    n = int(it_state["batches_consumed"])
-    g = int(config.train.global_batch_size)
-    g_saved = int(it_state.get("global_batch_size") or g)
-    saved_stream = it_state.get("stream")
-    if saved_stream:
-        now = _stream(config)
-        changed = [f"{k} {saved_stream[k]!r} -> {now[k]!r}" for k in now if k in saved_stream and saved_stream[k] != now[k]]
-        if changed:
-            _warn(f"{at}: the data order changed since it was saved ({'; '.join(changed)}): row "
-                  f"{n * g_saved} of the new order is not where the old run stopped, so some examples of this "
-                  "epoch are seen twice and others not at all")
-    if g_saved == g:
-        return n
-    rows = n * g_saved
-    if rows % g:
-        raise CheckpointError(
-            f"{at}: the run had consumed {n} batches of global_batch_size={g_saved} ({rows} rows); "
-            f"config.train.global_batch_size={g} does not divide {rows}, so it cannot continue at exactly the "
-            f"next row. Use a global batch size that divides {rows} (e.g. {g_saved}) for this resume")
-    _note(f"global_batch_size changed {g_saved} -> {g}: data position {n} batches x {g_saved} rows = "
-          f"{rows} rows = batch {rows // g} of {g} rows")
-    return rows // g
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,8 +161,8 @@ def resume_position(it_state: dict, config, step: int | None = None) -> int:
 def _shape_mismatches(saved_meta, abstract, prefix="") -> list[str]:
     """Lists tensors whose saved shape differs from the target, by path."""
     problems = []
-    flat_target = dict(_flatten(abstract))
-    flat_saved = dict(_flatten(saved_meta))
+    flat_target = dict(integrity.leaf_paths(abstract))
+    flat_saved = dict(integrity.leaf_paths(saved_meta))
     for path, tgt in flat_target.items():
         if path not in flat_saved:
             problems.append(f"{path}: missing from the checkpoint (expected shape {tuple(tgt.shape)})")
@@ -309,12 +174,6 @@ def _shape_mismatches(saved_meta, abstract, prefix="") -> list[str]:
         if path not in flat_target:
             problems.append(f"{path}: in the checkpoint but not in the model the config builds")
     return problems
-
-
-def _flatten(tree):
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    for path, leaf in leaves:
-        yield "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path), leaf
 
 
 def _restore_step(manager, step: int, abstract_state):
@@ -338,7 +197,7 @@ def _restore_step(manager, step: int, abstract_state):
     if saved_step != step:
         raise ValueError(f"its state says step {saved_step}")
     if checked:
-        _verify(state, _expected_fingerprints(restored["integrity"]), "state")
+        integrity.verify(state, integrity.expected(restored["integrity"]), "state")
     return state, it
 
 
@@ -346,12 +205,6 @@ def _has_item(manager, step: int, item: str) -> bool:
     """Whether a step holds `item` (checkpoints written before it existed, or by other
     tools, may not)."""
     return (Path(str(manager.directory)) / str(step) / item).is_dir()
-
-
-def _expected_fingerprints(integrity) -> dict:
-    if not isinstance(integrity, dict) or integrity.get("algorithm") != FINGERPRINT_ALGORITHM:
-        raise ValueError(f"unknown integrity record {str(integrity)[:100]!r}")
-    return integrity["leaves"]
 
 
 def _is_resource_error(e: BaseException) -> bool:
@@ -433,29 +286,6 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, step: int | N
     return None
 
 
-def read_config(workdir, step: int | None = None) -> tuple[ml_collections.ConfigDict, int]:
-    """The resolved config saved with a checkpoint (the newest, or `step`)."""
-    cdir = checkpoint_dir(workdir)
-    if not cdir.is_dir():
-        raise CheckpointError(f"no checkpoints in {workdir}: {cdir} does not exist (train first)")
-    steps = sorted(int(p.name) for p in cdir.iterdir() if p.name.isdigit())
-    if not steps:
-        raise CheckpointError(f"no checkpoints in {cdir} (train first)")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(f"no checkpoint for step {step} in {cdir}; available: {steps}")
-    path = cdir / str(step) / "config" / "metadata"
-    if not path.exists():
-        cands = list((cdir / str(step) / "config").glob("*"))
-        path = cands[0] if cands else path
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint step {step}: cannot read its config ({path}): {e}") from e
-    return ml_collections.ConfigDict(cfg), step
-
-
 def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     """Builds the model from a workdir's checkpoint: returns (model, config).
 
@@ -466,10 +296,9 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
     """
     if step is not None:
         return _load_step(workdir, step, mesh_shape)
-    cdir = checkpoint_dir(workdir)
-    steps = sorted((int(p.name) for p in cdir.iterdir() if p.name.isdigit()), reverse=True) if cdir.is_dir() else []
+    steps = workdir_lib.checkpoint_steps(workdir)[::-1]
     if not steps:
-        read_config(workdir)  # raises the "train first" error
+        workdir_lib.read_config(workdir)  # raises the "train first" error
     for i, s in enumerate(steps):
         try:
             return _load_step(workdir, s, mesh_shape)
@@ -486,45 +315,32 @@ def load(workdir, step: int | None = None, mesh_shape: dict | None = None):
 
 
 def _load_step(workdir, step: int, mesh_shape: dict | None):
-    from flax import nnx
-
-    from promethios_jax import sharding
-    from promethios_jax.model import GovernanceTransformer
-
-    config, step = read_config(workdir, step)
+    try:
+        config, step = workdir_lib.read_config(workdir, step)
+    except WorkdirError as e:
+        raise CheckpointError(str(e)) from e
     config.mesh.update(mesh_shape or {"data": 1, "fsdp": -1, "tensor": 1})
     mesh = sharding.make_mesh(config)
-    abstract = nnx.eval_shape(lambda: GovernanceTransformer(config.model, rngs=nnx.Rngs(0)))
-    graphdef, abs_state = nnx.split(abstract, nnx.Param)
-    abs_params = nnx.to_pure_dict(abs_state)
-    specs = sharding.param_specs(abs_params, nnx.to_pure_dict(nnx.get_partition_spec(abs_state)),
-                                 config.sharding.rules, mesh)
-    shardings = sharding.to_named(specs, mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_params, shardings)
+    params = state_lib.abstract_params(config, mesh)
+    target = params.shapes
 
     # Only the params are read (partial restore): eval never pays for the optimizer state.
-    step_dir = checkpoint_dir(workdir) / str(step)
+    step_dir = workdir_lib.step_dir(workdir, step)
     state_dir = step_dir / "state"
     with ocp.PyTreeCheckpointer() as reader:
         tree = reader.metadata(state_dir).item_metadata.tree
-        problems = _shape_mismatches(tree.get("params", {}), abs_params)
+        problems = _shape_mismatches(tree.get("params", {}), target)
         if problems:
             raise CheckpointError(
                 f"checkpoint step {step} does not fit its config:\n  " + "\n  ".join(problems))
-        params = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+        restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
             item={"params": target},
             restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
             partial_restore=True))["params"]
-    integrity = step_dir / "integrity" / "metadata"
-    if integrity.exists():
-        _verify({"params": params}, _expected_fingerprints(json.loads(integrity.read_text())),
+    record_path = step_dir / "integrity" / "metadata"
+    if record_path.exists():
+        integrity.verify({"params": restored}, integrity.expected(json.loads(record_path.read_text())),
                 f"checkpoint step {step}")
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(params.graphdef, restored)
     config.lock()
     return model, config
-
-
-def mark_done(workdir, step: int) -> None:
-    tmp = Path(workdir) / ".TRAINING_DONE.tmp"
-    tmp.write_text(json.dumps({"step": int(step)}))
-    os.replace(tmp, Path(workdir) / "TRAINING_DONE")

@@ -5,12 +5,18 @@ schema lives here so that one place says which keys exist and what they mean.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
+from pathlib import Path
 from typing import Sequence
 
 import ml_collections
 
-# Logical axis → mesh axes. Parameters and activations name logical axes only; this
+from promethios_jax.model import heads
+from promethios_jax.model.spec import ModelSpec
+
+# Logical axis → mesh axes. Parameters and the batch name logical axes only; this
 # table (overridable as `config.sharding.rules`) is the single place that maps them.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
@@ -24,10 +30,10 @@ DEFAULT_RULES = (
     ("telemetry", None),
     ("classes", None),
     ("length", None),
-    ("activation_embed", None),
 )
 
 MESH_AXES = ("data", "fsdp", "tensor")
+GPU_BACKENDS = ("gpu", "cuda", "rocm")
 
 
 class ConfigError(ValueError):
@@ -37,51 +43,14 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
-    c.model = m = ml_collections.ConfigDict()
-    m.vocab_size = 512
-    m.d_model = 128
-    m.n_layers = 4
-    m.n_heads = 4
-    m.n_kv_heads = 2
-    m.head_dim = 0  # 0: d_model // n_heads
-    m.d_ff = 384
-    m.rope_theta = 10000.0
-    # RoPE frequency scaling as HF's `rope_scaling` (for Llama 3.x imports): "" | "linear" | "llama3".
-    m.rope_scaling_type = ""
-    m.rope_scaling_factor = 1.0
-    m.rope_low_freq_factor = 1.0
-    m.rope_high_freq_factor = 4.0
-    m.rope_original_max_len = 8192
-    m.norm_eps = 1e-5
-    m.tie_embeddings = False
-    m.max_seq_len = 512
-    m.compute_dtype = "float32"
-    m.param_dtype = "float32"
-    m.attention_impl = "xla"  # "xla" | "cudnn"
-    m.remat_policy = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-    m.scan_layers = True
-    # 1-based layer numbers; conditioning is added to the residual stream entering them.
-    m.anchor_layers = (2, 4)
-    m.uncertainty_layers = (3, 4)  # inclusive 1-based range the uncertainty head pools
-    m.tool_layers = (3, 4)  # inclusive 1-based range the tool head pools
-    m.telemetry_dim = 30  # == data.schema.TELEMETRY_DIM
-    m.telemetry_hidden = 0  # 0: d_model
-    m.head_hidden = 0  # hidden width of each governance head's MLP; 0: d_model
-    m.n_decisions = 4
-    m.n_tools = 6
-    m.n_confidence = 4
-    m.n_uncertainty = 6
-    m.n_bias = 6
-    m.init_std = 0.02
+    # The model's keys and defaults are ModelSpec's (model/spec.py documents them).
+    c.model = m = ml_collections.ConfigDict(
+        {f.name: f.default for f in dataclasses.fields(ModelSpec) if f.name != "learned_loss_weights"})
 
     c.loss = lw = ml_collections.ConfigDict()
     lw.lm = 1.0
-    lw.hitl = 1.0
-    lw.decision = 0.5
-    lw.confidence = 0.5
-    lw.uncertainty = 0.5
-    lw.bias = 0.5
-    lw.tool = 0.5
+    for head in heads.HEADS:  # one weight per loss part
+        lw[head.name] = head.loss_weight
     lw.uncertainty_weighting = False  # Kendall et al. learned task weights
     # The model holds the learned log-variances only when asked; this reference keeps the
     # model key equal to loss.uncertainty_weighting (set either one).
@@ -145,8 +114,18 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def head_dim(model_cfg) -> int:
-    return model_cfg.head_dim or model_cfg.d_model // model_cfg.n_heads
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """get_config() of a config file; `file.py:arg` passes arg, as ml_collections' config flags do."""
+    arg = None
+    if ":" in path and not Path(path).exists():
+        path, arg = path.split(":", 1)
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--config {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_promethios_config_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
@@ -172,31 +151,19 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def validate(config, num_devices: int | None = None, process_count: int = 1) -> None:
-    """Checks everything that can be checked before any compile; raises ConfigError."""
+def validate(config, num_devices: int | None = None, process_count: int = 1, backend: str | None = None) -> None:
+    """Checks everything that can be checked before any compile; raises ConfigError.
+
+    `backend` (jax.default_backend(), when known) refuses settings the platform cannot run.
+    """
     m, t = config.model, config.train
-    if m.d_model <= 0 or m.n_layers <= 0 or m.n_heads <= 0 or m.n_kv_heads <= 0:
-        raise ConfigError("config.model: d_model, n_layers, n_heads and n_kv_heads must be positive")
-    if m.n_heads % m.n_kv_heads:
-        raise ConfigError(f"config.model.n_heads={m.n_heads} is not a multiple of n_kv_heads={m.n_kv_heads}")
-    if not m.head_dim and m.d_model % m.n_heads:
-        raise ConfigError(f"config.model.d_model={m.d_model} is not divisible by n_heads={m.n_heads}")
-    if head_dim(m) % 2:
-        raise ConfigError(f"head_dim={head_dim(m)} must be even for RoPE")
-    for key in ("compute_dtype", "param_dtype"):
-        if m[key] not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"config.model.{key}={m[key]!r}: use float32, bfloat16 or float16")
-    if m.attention_impl not in ("xla", "cudnn"):
-        raise ConfigError(f"config.model.attention_impl={m.attention_impl!r}: use 'xla' or 'cudnn'")
-    if m.remat_policy not in REMAT_POLICIES:
-        raise ConfigError(f"config.model.remat_policy={m.remat_policy!r}: use one of {sorted(REMAT_POLICIES)}")
-    for a in m.anchor_layers:
-        if not 1 <= a <= m.n_layers:
-            raise ConfigError(f"config.model.anchor_layers: {a} is outside 1..{m.n_layers}")
-    for key in ("uncertainty_layers", "tool_layers"):
-        lo, hi = m[key]
-        if not 1 <= lo <= hi <= m.n_layers:
-            raise ConfigError(f"config.model.{key}={list(m[key])}: need 1 <= first <= last <= {m.n_layers}")
+    if backend is not None and m.attention_impl == "cudnn" and backend not in GPU_BACKENDS:
+        raise ConfigError(f"config.model.attention_impl='cudnn' needs an NVIDIA GPU with cuDNN, but JAX runs on "
+                          f"{backend!r}: set config.model.attention_impl='xla'")
+    try:
+        ModelSpec.from_config(m)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if t.steps < 0:
         raise ConfigError(f"config.train.steps={t.steps} must be >= 0")
     if t.grad_accum_steps < 1:
@@ -226,9 +193,6 @@ def validate(config, num_devices: int | None = None, process_count: int = 1) -> 
             raise ConfigError(
                 f"config.train.global_batch_size={t.global_batch_size} is not divisible by the "
                 f"{process_count} processes")
-
-
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 def rules_as_tuples(rules: Sequence) -> tuple:

@@ -27,7 +27,7 @@ norms, RoPE and softmax; together far below 0.1% of the total on the 8B shape.
 """
 from __future__ import annotations
 
-from promethios_jax.config import head_dim as _head_dim
+from promethios_jax.model.spec import ModelSpec
 
 # Dense bf16 Tensor Core peak per device, TFLOP/s (vendor datasheets, no sparsity).
 # Matched in order against the lower-cased `jax.Device.device_kind`, so the more
@@ -42,7 +42,7 @@ PEAK_TFLOPS_BF16 = (
 
 def matmul_params(model_cfg) -> int:
     """Weights that take part in a dense matmul per token (see module docstring)."""
-    d, hd = model_cfg.d_model, _head_dim(model_cfg)
+    d, hd = model_cfg.d_model, ModelSpec.from_config(model_cfg).hd
     h, kv = model_cfg.n_heads, model_cfg.n_kv_heads
     attn = d * h * hd + 2 * d * kv * hd + h * hd * d
     mlp = 3 * d * model_cfg.d_ff
@@ -53,7 +53,7 @@ def matmul_params(model_cfg) -> int:
 
 
 def attention_flops_per_token(model_cfg, seq_len: int, causal: bool = True) -> float:
-    full = 12.0 * model_cfg.n_layers * seq_len * model_cfg.n_heads * _head_dim(model_cfg)
+    full = 12.0 * model_cfg.n_layers * seq_len * model_cfg.n_heads * ModelSpec.from_config(model_cfg).hd
     return full / 2 if causal else full
 
 

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from promethios_jax.model import heads as heads_lib
+
 
 @dataclasses.dataclass
 class GenerationResult:
@@ -23,19 +25,22 @@ class GenerationResult:
     ids: list  # generated ids, without the eos
     text: str | None  # tokenizer.decode(ids), when a tokenizer is given
     stop_reason: str  # "eos" | "length"
-    hitl_prob: float  # sigmoid of the HITL head at the last prompt token
-    escalate: bool  # hitl_prob >= hitl_threshold
-    decision: int
-    decision_probs: list
-    confidence: int
-    confidence_probs: list
-    tool: int
-    tool_probs: list
-    uncertainty: list  # sigmoid per dimension
-    bias: list  # sigmoid per category
+    escalate: bool  # the escalation head's probability >= hitl_threshold
+    # Every registry head's reading at the last prompt token (heads.verdict): hitl_prob,
+    # decision and decision_probs, ..., uncertainty and bias (sigmoid per dimension).
+    verdict: dict
+
+    def __getattr__(self, name):
+        verdict = self.__dict__.get("verdict")
+        if verdict is not None and name in verdict:
+            return verdict[name]
+        raise AttributeError(f"GenerationResult has no attribute {name!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Flat: the fields above with the verdict's keys in place of `verdict`."""
+        out = dataclasses.asdict(self)
+        out.update(out.pop("verdict"))
+        return out
 
 
 def _round_up(n: int, m: int) -> int:
@@ -65,9 +70,7 @@ def _prefill(graphdef, state, tokens, segment_ids, positions, telemetry, cache, 
     token = sample_token(out.logits[:, -1], rng, temperature, top_p)
     # The heads read at the last prompt row (head_positions=None), which left padding
     # makes every prompt's last token.
-    heads = {"hitl": out.hitl_logits[:, 0], "decision": out.decision_logits[:, 0],
-             "confidence": out.confidence_logits[:, 0], "tool": out.tool_logits[:, 0],
-             "uncertainty": out.uncertainty_logits[:, 0], "bias": out.bias_logits[:, 0]}
+    heads = {name: logits[:, 0] for name, logits in out.heads.items()}
     return token, heads, cache
 
 
@@ -157,17 +160,12 @@ def generate(model, tokenizer, prompt_ids_batch: Sequence[Sequence[int]], teleme
     heads = jax.device_get(heads)
     results = []
     for i, p in enumerate(prompts):
-        hitl_prob = float(jax.nn.sigmoid(heads["hitl"][i]))
-        dec = np.asarray(jax.nn.softmax(heads["decision"][i]))
-        conf = np.asarray(jax.nn.softmax(heads["confidence"][i]))
-        tool = np.asarray(jax.nn.softmax(heads["tool"][i]))
+        verdict = {}
+        for h in heads_lib.HEADS:
+            verdict.update(heads_lib.verdict(h, heads[h.name][i]))
         results.append(GenerationResult(
             prompt_ids=p, ids=generated[i],
             text=tokenizer.decode(generated[i]) if tokenizer is not None else None,
-            stop_reason=stop[i], hitl_prob=hitl_prob, escalate=hitl_prob >= hitl_threshold,
-            decision=int(dec.argmax()), decision_probs=dec.tolist(),
-            confidence=int(conf.argmax()), confidence_probs=conf.tolist(),
-            tool=int(tool.argmax()), tool_probs=tool.tolist(),
-            uncertainty=np.asarray(jax.nn.sigmoid(heads["uncertainty"][i])).tolist(),
-            bias=np.asarray(jax.nn.sigmoid(heads["bias"][i])).tolist()))
+            stop_reason=stop[i], escalate=verdict[f"{heads_lib.ESCALATION}_prob"] >= hitl_threshold,
+            verdict=verdict))
     return results

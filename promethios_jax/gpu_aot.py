@@ -7,7 +7,7 @@
 With the CUDA plugin installed (the `gpu-aot` extra) and JAX_PLATFORMS=cpu,
 `jax.experimental.topologies.get_topology_desc(platform="cuda", ...)` hands out compile-only
 devices described by a packaged GpuTargetConfigProto (`targets/*.txtpb`). The step built by
-`train.compile_step` then goes through XLA's real GPU pipeline (SPMD partitioning, fusion,
+`aot.compile_step` then goes through XLA's real GPU pipeline (SPMD partitioning, fusion,
 scheduling, buffer assignment, PTX for sm_90a), and `memory_analysis()` gives bytes per device.
 
 What compiling without a device does not prove: cuDNN graphs are neither built nor
@@ -26,14 +26,22 @@ import contextlib
 import importlib.resources
 import importlib.util
 import json
-import math
 import os
 import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax._src.cudnn import fused_attention_stablehlo as fa  # the compute-capability probes cuDNN asks
+from jax._src.lib import cuda_versions
+from jax.experimental import topologies
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from promethios_jax import aot, sharding
+from promethios_jax import config as config_lib
 
 TARGETS = {"h100": "h100_sxm.txtpb", "h200": "h200_sxm.txtpb"}
 DEFAULT_MEM_FRACTION = 0.90  # launch/xla_gpu_flags.sh: h100_env
@@ -45,8 +53,6 @@ class GpuAotError(RuntimeError):
 
 
 def install_hint() -> str:
-    import jax
-
     return (f'install the CUDA plugin at the project\'s jax version: pip install "promethios-jax[gpu-aot]" '
             f'(or pip install "jax[cuda12]=={jax.__version__}"), and run with JAX_PLATFORMS=cpu')
 
@@ -65,8 +71,6 @@ def target_text(target: str) -> str:
     if target not in TARGETS:
         raise GpuAotError(f"--target={target!r}: use one of {sorted(TARGETS)}")
     text = importlib.resources.files("promethios_jax").joinpath("targets", TARGETS[target]).read_text()
-    from jax._src.lib import cuda_versions
-
     if cuda_versions is not None:
         # XLA picks cuDNN features by this version: compile for the cuDNN that will run.
         v = int(cuda_versions.cudnn_get_version())
@@ -105,9 +109,6 @@ def target_devices(target: str, topology: str) -> list:
     """Compile-only devices for `topology` GPUs of kind `target`."""
     parse_topology(topology)
     require_plugin()
-    import jax
-    from jax.experimental import topologies
-
     platforms = jax.config.jax_platforms or ""
     if platforms and "cpu" not in platforms.split(","):
         raise GpuAotError(f"JAX_PLATFORMS={platforms!r}: run the GPU-target compile with JAX_PLATFORMS=cpu")
@@ -121,8 +122,6 @@ def target_compute_capability(cc: tuple[int, int]):
     capability, to pick head-dim limits and allow the packed layout (Hopper). For the
     length of a compile, the two probes in jax's fused_attention_stablehlo answer for
     the target instead; nothing else is patched, and the probes are restored after."""
-    from jax._src.cudnn import fused_attention_stablehlo as fa
-
     def as_tuple(capability: str):
         return tuple(int(x) for x in capability.split("."))
 
@@ -167,10 +166,6 @@ def check_flags(flags: str, target: str = "h100", topology: str = "1x1x8") -> di
     The GPU compiler refuses a flag it does not know ("No such compile option") or a
     value of the wrong type, so a bad flag fails here instead of on a cluster.
     """
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-
     options = parse_xla_flags(flags)
     devices = target_devices(target, topology)
     mesh = jax.make_mesh((len(devices),), ("fsdp",), axis_types=(AxisType.Auto,), devices=devices)
@@ -207,51 +202,32 @@ def attention_calls(hlo_text: str) -> list[str]:
     return sorted(calls)
 
 
-def compile_for_target(config, target: str, topology: str, xla_flags: str | None = None, train=None) -> dict:
+def compile_for_target(config, target: str, topology: str, xla_flags: str | None = None) -> dict:
     """Compiles the project's train step for `topology` GPUs of kind `target`; returns a report.
 
-    The report's bytes_per_device is XLA's buffer assignment (arguments + outputs +
+    The step is `aot.compile_step`'s, the report `aot.dry_run_report`'s plus the target's
+    fields; its bytes_per_device is XLA's buffer assignment (arguments + outputs +
     temporaries - donated aliases), compared with HBM x mem_fraction by `check_fits`.
-    `train` is the module holding compile_step (default promethios_jax.train; the entry
-    point passes itself, since under `python -m` a second import would redefine its flags).
     """
-    import jax
-
-    from promethios_jax import config as config_lib
-    from promethios_jax import sharding
-
-    if train is None:
-        from promethios_jax import train
-
     slices, hosts, gpus = parse_topology(topology)
     devices = target_devices(target, topology)
     info = target_info(target_text(target))
-    config_lib.validate(config, len(devices), slices * hosts)
+    config_lib.validate(config, len(devices), slices * hosts, backend=devices[0].platform)
     mesh = sharding.make_mesh(config, devices)
     options = parse_xla_flags(xla_flags) if xla_flags else {}
-    t0 = time.time()
     with target_compute_capability(info["compute_capability"]):
-        jitted, abstract, _, _, batch_abs = train.compile_step(config, mesh)
-        compiled = jitted.lower(abstract, batch_abs).compile(compiler_options=options)
-    mem = compiled.memory_analysis()
-    nbytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-              - mem.alias_size_in_bytes)
+        compiled = aot.compile_step(config, mesh, compiler_options=options)
     t = config.train
     return {
         "target": target, "device": info["name"], "topology": topology, "processes": slices * hosts,
-        "mesh": dict(mesh.shape), "attention_impl": config.model.attention_impl,
-        "params": train.param_count(abstract),
+        "attention_impl": config.model.attention_impl,
         "global_batch_size": t.global_batch_size, "grad_accum_steps": t.grad_accum_steps,
         "per_device_micro_batch": t.global_batch_size // t.grad_accum_steps // (mesh.shape["data"] * mesh.shape["fsdp"]),
         "seq_len": config.model.max_seq_len,
-        "bytes_per_device": int(nbytes), "gib_per_device": round(nbytes / 2**30, 2),
-        "argument_bytes": int(mem.argument_size_in_bytes), "output_bytes": int(mem.output_size_in_bytes),
-        "temp_bytes": int(mem.temp_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
+        **aot.dry_run_report(config, mesh, compiled),
         "hbm_bytes": info["hbm_bytes"], "hbm_gib": round(info["hbm_bytes"] / 2**30, 2),
-        "attention_calls": attention_calls(compiled.as_text()),
+        "attention_calls": attention_calls(compiled.executable.as_text()),
         "xla_flags": sorted(options),
-        "flops_per_device_step": train.model_flops_per_step(config) / mesh.size,
-        "compile_s": round(time.time() - t0, 1),
         "jax": jax.__version__,
     }
 
@@ -299,9 +275,9 @@ def default_flags(topology: str) -> str | None:
     return launch_flags(slices * hosts, gpus)
 
 
-def dry_run(config, config_name: str, target: str, topology: str, train=None) -> dict:
+def dry_run(config, config_name: str, target: str, topology: str) -> dict:
     """`train --dry_run --target --topology`: compile with the launch flags, report, check the fit."""
-    report = compile_for_target(config, target, topology, default_flags(topology), train)
+    report = compile_for_target(config, target, topology, default_flags(topology))
     try:
         check_fits(report, config_name)
     finally:
@@ -365,9 +341,11 @@ def main(argv=None) -> int:
             options = check_flags(flags_text, args.target, args.topology)
             print(f"{len(options)} XLA flags compile for {args.target} {args.topology}: {' '.join(sorted(options))}")
         else:
-            from promethios_jax.convert import load_config_file
 
-            config = load_config_file(args.config)
+            try:
+                config = config_lib.load_config_file(args.config)
+            except config_lib.ConfigError as e:
+                raise GpuAotError(str(e)) from e
             for item in args.set:
                 key, _, value = item.partition("=")
                 *path, leaf = key.split(".")

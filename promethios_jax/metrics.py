@@ -20,15 +20,10 @@ import sys
 import time
 from typing import Any, Mapping
 
+import jax
+
 from promethios_jax import flops
-
-LOSS_PARTS = ("lm", "hitl", "decision", "confidence", "uncertainty", "bias", "tool")
-
-
-def tb_dir(workdir: str, run: str = "train") -> str:
-    """The TensorBoard run directory for `run` ("train" or "eval") under a workdir."""
-    return os.path.join(workdir, "tb", run)
-
+from promethios_jax import workdir as workdir_lib
 
 def _to_float(value) -> float:
     # Accepts Python numbers, numpy scalars and 0-d jax arrays (already on host or not).
@@ -46,9 +41,9 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str, enabled: bool = True, run: str = "train",
-                 jsonl_name: str | None = "metrics.jsonl"):
+                 jsonl_name: str | None = workdir_lib.METRICS):
         self.enabled = enabled
-        self.logdir = tb_dir(workdir, run)
+        self.logdir = str(workdir_lib.tb_dir(workdir, run))
         self._tb = None
         self._jsonl = None
         if not enabled:
@@ -120,7 +115,7 @@ class MetricsWriter:
 
 
 def train_scalars(step_metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The train step's metrics under train/: `loss`, `loss_<part>` (LOSS_PARTS),
+    """The train step's metrics under train/: `loss`, `loss_<part>` (model.heads.LOSS_PARTS),
     `learning_rate`, `grad_norm`, `param_norm` become train/loss, train/loss_lm, ..."""
     return {f"train/{k}": _to_float(v) for k, v in step_metrics.items()}
 
@@ -131,8 +126,6 @@ def device_memory_stats(devices=None) -> dict[str, float]:
     Empty where the backend keeps no statistics (CPU returns None).
     """
     if devices is None:
-        import jax
-
         devices = jax.local_devices()
     out: dict[str, float] = {}
     for device in devices:
@@ -232,8 +225,6 @@ def tracker_from_config(config, num_devices: int, device_kind: str | None = None
     config.monitor.peak_tflops > 0.
     """
     if device_kind is None:
-        import jax
-
         device_kind = jax.devices()[0].device_kind
 
     seq_len = config.model.max_seq_len

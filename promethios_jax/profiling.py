@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from promethios_jax.metrics import tb_dir
+from promethios_jax.workdir import tb_dir
 
 
 def annotate(step: int):
@@ -28,7 +28,7 @@ class Profiler:
 
     def __init__(self, workdir: str, start_step: int, num_steps: int, enabled: bool = True,
                  run: str = "train"):
-        self.logdir = tb_dir(workdir, run)
+        self.logdir = str(tb_dir(workdir, run))
         self.start_step = start_step
         self.stop_step = start_step + max(num_steps, 0)
         self.enabled = enabled and start_step >= 0 and num_steps > 0

@@ -1,7 +1,8 @@
 """Mesh construction and the logical-axis rules that map parameter axes onto it.
 
-Parameters name logical axes only (`embed`, `mlp`, `heads`, ...); this module alone
-turns those names into mesh PartitionSpecs, from the table in `config.sharding.rules`.
+Parameters and batch fields name logical axes only (`embed`, `mlp`, `heads`, `batch`,
+`length`, ...); this module alone turns those names into mesh PartitionSpecs, from the
+table in `config.sharding.rules`. The batch's axes are declared in data/batch.py.
 """
 from __future__ import annotations
 
@@ -69,21 +70,18 @@ def to_named(specs, mesh: Mesh):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec)
 
 
-def batch_spec(ndim: int) -> P:
-    return P(("data", "fsdp"), *([None] * (ndim - 1)))
+def micro_batch_spec(spec: P) -> P:
+    """A batch array's spec with a leading, unsharded micro-batch axis (gradient accumulation)."""
+    return P(None, *spec)
 
 
-def batch_shardings(batch_like, mesh: Mesh):
-    return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(np.ndim(x))), batch_like)
-
-
-def host_local_to_global(batch: dict, mesh: Mesh) -> dict:
-    """Places each process's slice of the global batch on the mesh."""
+def host_local_to_global(batch: dict, shardings: dict) -> dict:
+    """Places each process's slice of the global batch on the mesh, each array with its
+    sharding (data.batch.shardings)."""
     out = {}
     for k, v in batch.items():
-        sharding = NamedSharding(mesh, batch_spec(v.ndim))
         if jax.process_count() == 1:
-            out[k] = jax.device_put(v, sharding)
+            out[k] = jax.device_put(v, shardings[k])
         else:
-            out[k] = jax.make_array_from_process_local_data(sharding, v)
+            out[k] = jax.make_array_from_process_local_data(shardings[k], v)
     return out

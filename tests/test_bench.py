@@ -138,13 +138,14 @@ def test_peer_flops_and_peaks_match_the_jax_side():
 def test_synthetic_batch_matches_the_step_and_the_label_spaces():
     import jax
 
-    from promethios_jax import bench, sharding, train
-    from promethios_jax.data import schema
+    from promethios_jax import bench, sharding
+    from promethios_jax.data import batch as batch_lib
+    from promethios_jax.data import schema, synthetic
 
     c = _small_config()
     mesh = sharding.make_mesh(c)
-    batch_abs = train.abstract_batch(c, mesh)
-    batch = bench.synthetic_batch(c, seed=3)
+    batch_abs = batch_lib.abstract_batch(c, mesh)
+    batch = synthetic.batch(c, seed=3)
     assert set(batch) == set(batch_abs)
     for k, a in batch_abs.items():
         assert batch[k].shape == a.shape and batch[k].dtype == a.dtype, k

@@ -446,40 +446,12 @@ def test_unfinished_save_is_reported_and_ignored(tmp_path, capsys):
 
 
 def test_fingerprint_does_not_depend_on_the_sharding():
-    import jax
-
-    from promethios_jax import checkpoint as ckpt
+    from promethios_jax import integrity
 
     a = toy_state(5, n=4096)
     b = toy_state(5, n=4096, mesh=auto_mesh((2, 4), ("x", "d")))
-    assert ckpt.fingerprint(a) == ckpt.fingerprint(b)
+    assert integrity.fingerprint(a) == integrity.fingerprint(b)
     c = toy_state(5, n=4096)
     c["params"]["w"] = c["params"]["w"].at[17].add(1e-3)
-    diff = ckpt.fingerprint(c)
-    assert [k for k in diff if diff[k] != ckpt.fingerprint(a)[k]] == ["params/w"]
-
-
-def test_resume_position_converts_batch_sizes_exactly_or_refuses(capsys):
-    from promethios_jax import checkpoint as ckpt
-    from promethios_jax.config import base_config
-
-    cfg = base_config()
-    cfg.train.global_batch_size = 8
-    saved = {"batches_consumed": 6, "global_batch_size": 8}
-    assert ckpt.resume_position(saved, cfg) == 6
-    cfg.train.global_batch_size = 4
-    assert ckpt.resume_position(saved, cfg) == 12  # 48 rows
-    cfg.train.global_batch_size = 16
-    assert ckpt.resume_position(saved, cfg) == 3
-    cfg.train.global_batch_size = 32
-    with pytest.raises(ckpt.CheckpointError, match=r"48 rows.*global_batch_size=32 does not divide 48"):
-        ckpt.resume_position(saved, cfg, step=6)
-    # An older record without the batch size counts in the configured one.
-    assert ckpt.resume_position({"batches_consumed": 5}, cfg) == 5
-    # A changed data order is said out loud.
-    cfg.train.global_batch_size = 8
-    capsys.readouterr()
-    moved = dict(saved, stream={"model.max_seq_len": 256, "data.max_segments_per_row": 8,
-                                "data.shuffle_seed": 0, "data.tokenizer": "byte"})
-    assert ckpt.resume_position(moved, cfg, step=6) == 6
-    assert "the data order changed since it was saved (model.max_seq_len 256 -> 512)" in capsys.readouterr().err
+    diff = integrity.fingerprint(c)
+    assert [k for k in diff if diff[k] != integrity.fingerprint(a)[k]] == ["params/w"]

@@ -14,6 +14,11 @@ import jax.numpy as jnp  # noqa: E402
 from promethios_jax import checkpoint as ckpt  # noqa: E402
 from promethios_jax import config as config_lib  # noqa: E402
 from promethios_jax import convert  # noqa: E402
+from promethios_jax import sharding  # noqa: E402
+from promethios_jax.interop import hf as interop  # noqa: E402
+from promethios_jax.interop import safetensors_io as st  # noqa: E402
+from promethios_jax.model import hf_llama  # noqa: E402
+from promethios_jax.state import abstract_train_state  # noqa: E402
 
 SEQ = 16
 RTOL = 1e-4
@@ -87,7 +92,7 @@ def test_import_parity_gqa4_tied_llama3_rope(tmp_path):
 
     hf = make_hf_dir(tmp_path / "hf", **GQA4_TIED)
     assert (tmp_path / "hf" / "model.safetensors").exists()
-    convert.import_hf(tmp_path / "hf", tmp_path / "wd", log=lambda *_: None)
+    interop.import_hf(tmp_path / "hf", tmp_path / "wd", log=lambda *_: None)
     model, config = promethios_jax.load(tmp_path / "wd")
     assert (config.model.vocab_size, config.model.n_kv_heads, config.model.head_dim) == (300, 2, 32)
     assert config.model.tie_embeddings and config.model.rope_scaling_type == "llama3"
@@ -104,8 +109,6 @@ def test_import_parity_mha_untied_bf16_sharded_and_resume(tmp_path):
     import importlib.util
 
     import promethios_jax
-    from promethios_jax import sharding
-    from promethios_jax.train import abstract_train_state
 
     hf = randomize_(transformers.LlamaForCausalLM(llama_config(**MHA_UNTIED)).eval(), seed=3)
     with torch.no_grad():  # the float32 reference holds the bf16-rounded weights
@@ -113,7 +116,7 @@ def test_import_parity_mha_untied_bf16_sharded_and_resume(tmp_path):
             p.copy_(p.to(torch.bfloat16).float())
     sd = {k: v.to(torch.bfloat16) for k, v in hf.state_dict().items()}
     hf.save_pretrained(tmp_path / "hf", state_dict=sd, max_shard_size="40KB")
-    assert (tmp_path / "hf" / convert.INDEX_FILE).exists()
+    assert (tmp_path / "hf" / st.INDEX_FILE).exists()
     assert '"BF16"' in next((tmp_path / "hf").glob("model-0000*.safetensors")).read_bytes()[:2000].decode("latin1")
     assert convert.main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "wd")]) == 0
     # A second import into the same workdir is refused rather than mixed in.
@@ -134,7 +137,7 @@ def test_import_parity_mha_untied_bf16_sharded_and_resume(tmp_path):
     assert json.loads(cfg.model.to_json()) == json.loads(config.model.to_json())
     config_lib.validate(cfg)
     mesh = sharding.make_mesh(cfg)
-    abstract, *_ = abstract_train_state(cfg, mesh)
+    abstract = abstract_train_state(cfg, mesh).abstract
     manager = ckpt.make_manager(tmp_path / "wd", cfg.checkpoint)
     state, it, step = ckpt.restore_latest(manager, abstract)
     manager.close()
@@ -152,14 +155,12 @@ def test_import_parity_mha_untied_bf16_sharded_and_resume(tmp_path):
 def _our_workdir(tmp_path, **model):
     """A workdir as the train loop writes it (train state in our param tree, saved at step 0),
     with random values large enough that attention is peaked and norms are not all ones."""
-    from promethios_jax import sharding
-    from promethios_jax.train import abstract_train_state
-
     config = config_lib.base_config()
     config.model.update(dict(d_model=64, d_ff=96, max_seq_len=64, **model))
     config.checkpoint.async_save = False
     mesh = sharding.make_mesh(config)
-    abstract, shardings, *_ = abstract_train_state(config, mesh)
+    setup = abstract_train_state(config, mesh)
+    abstract, shardings = setup.abstract, setup.shardings
     rng = np.random.default_rng(1)
 
     def value(path, a):
@@ -201,7 +202,7 @@ def test_export_parity_and_round_trip(tmp_path, shape):
                          "--max_shard_size", "60KB"]) == 0
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf_cfg["architectures"] == ["LlamaForCausalLM"] and hf_cfg["torch_dtype"] == "float32"
-    assert (tmp_path / "hf" / convert.INDEX_FILE).exists() and (tmp_path / "hf" / convert.GOVERNANCE_FILE).exists()
+    assert (tmp_path / "hf" / st.INDEX_FILE).exists() and (tmp_path / "hf" / st.GOVERNANCE_FILE).exists()
 
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
     assert hf.config.tie_word_embeddings == EXPORT_SHAPES[shape]["tie_embeddings"]
@@ -214,13 +215,13 @@ def test_export_parity_and_round_trip(tmp_path, shape):
     if shape != "gqa4_untied_v97_theta5e5":
         return
     # And back: import of our own export restores every parameter, governance included.
-    convert.import_hf(tmp_path / "hf", tmp_path / "back", log=lambda *_: None)
+    interop.import_hf(tmp_path / "hf", tmp_path / "back", log=lambda *_: None)
     back, back_cfg = promethios_jax.load(tmp_path / "back")
     assert list(back_cfg.model.anchor_layers) == list(config.model.anchor_layers)
     from flax import nnx
 
-    a = convert.flatten(nnx.to_pure_dict(nnx.split(model, nnx.Param)[1]))
-    b = convert.flatten(nnx.to_pure_dict(nnx.split(back, nnx.Param)[1]))
+    a = interop.flatten(nnx.to_pure_dict(nnx.split(model, nnx.Param)[1]))
+    b = interop.flatten(nnx.to_pure_dict(nnx.split(back, nnx.Param)[1]))
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=".".join(map(str, k)))
@@ -245,8 +246,8 @@ def test_import_mismatch_names_tensor_and_shapes(tmp_path):
     del tensors["model.layers.0.self_attn.k_proj.weight"]
     tensors["model.layers.2.mlp.up_proj.weight"] = np.zeros((96, 64), np.float32)
     _write_tensors(tmp_path / "hf", tensors)
-    with pytest.raises(convert.ConversionError) as e:
-        convert.import_hf(tmp_path / "hf", tmp_path / "wd", log=lambda *_: None)
+    with pytest.raises(hf_llama.ConversionError) as e:
+        interop.import_hf(tmp_path / "hf", tmp_path / "wd", log=lambda *_: None)
     msg = str(e.value)
     assert "model.layers.1.mlp.up_proj.weight: expected shape (96, 64), got (95, 64)" in msg
     assert "model.layers.0.self_attn.k_proj.weight: missing" in msg
@@ -257,9 +258,9 @@ def test_import_mismatch_names_tensor_and_shapes(tmp_path):
     hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     hf_cfg["intermediate_size"] = 128
     (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_cfg))
-    with pytest.raises(convert.ConversionError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight: expected shape "
+    with pytest.raises(hf_llama.ConversionError, match=r"model\.layers\.0\.mlp\.gate_proj\.weight: expected shape "
                                                       r"\(128, 64\), got \(96, 64\)"):
-        convert.import_hf(tmp_path / "hf", tmp_path / "wd", log=lambda *_: None)
+        interop.import_hf(tmp_path / "hf", tmp_path / "wd", log=lambda *_: None)
 
 
 def test_import_refuses_non_llama_features(tmp_path):
@@ -268,17 +269,17 @@ def test_import_refuses_non_llama_features(tmp_path):
     for key, value, match in (("attention_bias", True, "attention_bias"), ("hidden_act", "gelu", "hidden_act"),
                               ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}, "yarn")):
         (tmp_path / "hf" / "config.json").write_text(json.dumps({**hf_cfg, key: value}))
-        with pytest.raises(convert.ConversionError, match=match):
-            convert.build_import_config(tmp_path / "hf", log=lambda *_: None)
+        with pytest.raises(hf_llama.ConversionError, match=match):
+            interop.build_import_config(tmp_path / "hf", log=lambda *_: None)
 
 
 def test_layer_ranges_follow_depth():
-    assert convert.default_layer_ranges(24) == {"anchor_layers": [8, 16, 24], "uncertainty_layers": [18, 24],
+    assert hf_llama.default_layer_ranges(24) == {"anchor_layers": [8, 16, 24], "uncertainty_layers": [18, 24],
                                                 "tool_layers": [20, 24]}
-    r = convert.default_layer_ranges(48)
+    r = hf_llama.default_layer_ranges(48)
     assert r["anchor_layers"] == [16, 32, 48] and r["uncertainty_layers"] == [36, 48]
     for n in (1, 2, 3, 5):
-        r = convert.default_layer_ranges(n)
+        r = hf_llama.default_layer_ranges(n)
         assert all(1 <= a <= n for a in r["anchor_layers"])
         assert 1 <= r["uncertainty_layers"][0] <= n and 1 <= r["tool_layers"][0] <= n
 
@@ -290,8 +291,8 @@ def test_hf_config_round_trip_and_transformers_reads_it():
                   rope_scaling_type="llama3", rope_scaling_factor=8.0, rope_low_freq_factor=1.0,
                   rope_high_freq_factor=4.0, rope_original_max_len=16, anchor_layers=[2], uncertainty_layers=[2, 3],
                   tool_layers=[3, 3]))
-    hf = convert.hf_config_from_model(m)
-    keys = convert.model_keys_from_hf(hf)
+    hf = hf_llama.hf_config_from_model(m)
+    keys = hf_llama.model_keys_from_hf(hf)
     for k, v in keys.items():
         assert m[k] == v, k
     cfg = transformers.LlamaConfig(**hf)
@@ -301,4 +302,4 @@ def test_hf_config_round_trip_and_transformers_reads_it():
     assert rope["original_max_position_embeddings"] == 16
     # transformers 4 style keys only (no rope_parameters) read the same.
     legacy = {k: v for k, v in hf.items() if k != "rope_parameters"}
-    assert convert.model_keys_from_hf(legacy) == keys
+    assert hf_llama.model_keys_from_hf(legacy) == keys

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promethios_jax.data import generate, pipeline, schema, templates
+from promethios_jax.data import generate, schema, templates
+from promethios_jax.data.records import load_split
 
 N = 2000
 
@@ -17,7 +18,7 @@ N = 2000
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("gov")
     manifest = generate.generate_dataset(str(d), N, seed=0, heldout_fraction=0.03)
-    recs = {s: pipeline.load_split(str(d), s) for s in ("train", "heldout")}
+    recs = {s: load_split(str(d), s) for s in ("train", "heldout")}
     return d, manifest, recs
 
 
@@ -237,8 +238,8 @@ def test_same_seed_same_bytes(tmp_path):
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
     shard = "train-00000-of-00001.array_record"
     assert (a / shard).read_bytes() != (c / shard).read_bytes()
-    assert [r["prompt"] for r in pipeline.load_split(str(a), "train")] != \
-        [r["prompt"] for r in pipeline.load_split(str(c), "train")]
+    assert [r["prompt"] for r in load_split(str(a), "train")] != \
+        [r["prompt"] for r in load_split(str(c), "train")]
 
 
 @pytest.mark.parametrize("n", [0, -5])

@@ -5,14 +5,9 @@ import numpy as np
 import pytest
 
 from promethios_jax.config import base_config
-from promethios_jax.data import generate, pipeline, schema, tokenizer
-
-KEYS = {
-    "tokens": np.int32, "targets": np.int32, "loss_mask": np.float32, "segment_ids": np.int32,
-    "positions": np.int32, "telemetry": np.float32, "head_positions": np.int32, "head_mask": np.float32,
-    "hitl": np.int32, "decision": np.int32, "confidence": np.int32, "tool": np.int32, "conflict": np.int32,
-    "uncertainty": np.float32, "bias": np.float32,
-}
+from promethios_jax.data import generate, packing, pipeline, schema, tokenizer
+from promethios_jax.data.batch import NAMES as KEYS
+from promethios_jax.data.records import DataError, load_split
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +29,6 @@ def take(it, n):
     return [next(it) for _ in range(n)]
 
 
-def test_batch_matches_the_interface(data_dir):
-    c = config()
-    b = next(pipeline.make_train_iterator(c, data_dir))
-    assert set(b) == set(KEYS)
-    length, s, t = c.model.max_seq_len, c.data.max_segments_per_row, schema.TELEMETRY_DIM
-    for k, dt in KEYS.items():
-        assert b[k].dtype == dt, k
-        assert b[k].shape[0] == 8, k
-    assert b["tokens"].shape == (8, length) and b["telemetry"].shape == (8, length, t)
-    assert b["hitl"].shape == (8, s) and b["uncertainty"].shape == (8, s, 6) and b["bias"].shape == (8, s, 6)
-    assert t == c.model.telemetry_dim
-    assert c.model.n_decisions == len(schema.DECISIONS) and c.model.n_tools == len(schema.TOOLS)
-    assert c.model.n_confidence == len(schema.CONFIDENCE_BANDS)
-
-
 def check_row(row: dict, recs: list, tok, max_len: int):
     """Every segment is its example alone: ids, positions, targets, mask, telemetry and labels."""
     seg = row["segment_ids"]
@@ -62,7 +42,7 @@ def check_row(row: dict, recs: list, tok, max_len: int):
         idx = np.flatnonzero(seg == s + 1)
         start, end = idx[0], idx[-1] + 1
         assert len(idx) == end - start  # contiguous
-        p, r = pipeline._encode_fitted(rec, tok, max_len)
+        p, r = packing.encode_fitted(rec, tok, max_len)
         n_p = len(p)
         np.testing.assert_array_equal(row["tokens"][start:end], np.concatenate([p, r]))
         np.testing.assert_array_equal(row["positions"][start:end], np.arange(end - start))
@@ -95,7 +75,7 @@ def test_packing_isolates_examples_and_labels_travel(data_dir, max_len):
     c = config(max_len=max_len)
     lengths, _ = pipeline.fitted_lengths(data_dir, c)
     rows = pipeline.PackedRows(data_dir, c, lengths)
-    train = pipeline.load_split(data_dir, "train")
+    train = load_split(data_dir, "train")
     tok = tokenizer.build_tokenizer(c)
     multi = 0
     for g in range(0, 60):
@@ -122,8 +102,8 @@ def test_every_example_once_per_epoch(data_dir):
     c = config(max_len=1024)
     lengths, stats = pipeline.fitted_lengths(data_dir, c)
     assert stats["skipped"] == 0 and stats["truncated"] == 0
-    m0, s0 = pipeline.pack_plan(lengths, 0, 0, 1024, 8)
-    m1, _ = pipeline.pack_plan(lengths, 0, 1, 1024, 8)
+    m0, s0 = packing.pack_plan(lengths, 0, 0, 1024, 8)
+    m1, _ = packing.pack_plan(lengths, 0, 1, 1024, 8)
     assert sorted(m0.tolist()) == list(range(len(lengths))) == sorted(m1.tolist())
     assert m0.tolist() != m1.tolist()  # reshuffled per epoch
     fill = np.add.reduceat(lengths[m0], s0[:-1])
@@ -154,7 +134,7 @@ def test_state_round_trip(data_dir):
     it = pipeline.make_train_iterator(c, data_dir)
     take(it, 2)
     state = it.get_state()
-    assert state == {"batches_consumed": 2} and it.batches_consumed == 2
+    assert state["batches_consumed"] == 2 and state["global_batch_size"] == 8 and it.batches_consumed == 2
     expect = take(it, 2)
     other = pipeline.make_train_iterator(c, data_dir)
     other.set_state(state)
@@ -162,6 +142,14 @@ def test_state_round_trip(data_dir):
     assert other.batches_consumed == 4
     for a, b in zip(expect, got):
         np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    # Half the global batch: 16 rows consumed = batch 4 of 4 rows, the same next rows.
+    half = pipeline.make_train_iterator(config(batch=4), data_dir)
+    half.set_state(state, where="checkpoint step 2")
+    assert half.batches_consumed == 4
+    got = take(half, 2)
+    np.testing.assert_array_equal(np.concatenate([g["tokens"] for g in got]), expect[0]["tokens"])
+    with pytest.raises(DataError, match="checkpoint step 2: .*global_batch_size=3 does not divide 16"):
+        pipeline.make_train_iterator(config(batch=3), data_dir).set_state(state, where="checkpoint step 2")
 
 
 def test_worker_processes_give_the_same_batches(data_dir):
@@ -192,13 +180,13 @@ def test_long_examples_are_truncated_never_losing_assess(data_dir, caplog):
                 prefix = b["tokens"][r, start:start + 1 + 1 + len(schema.TELEMETRY_KEYS)]
                 assert prefix[0] == tok.bos_id and tok.is_control(prefix[1:]).all()
                 assert b["loss_mask"][r, hp] == 1  # a response token follows
-    with pytest.raises(pipeline.DataError, match="max_seq_len=8"):
+    with pytest.raises(DataError, match="max_seq_len=8"):
         pipeline.make_train_iterator(config(max_len=8), data_dir)
 
 
 def test_eval_batches(data_dir):
     c = config()
-    held = pipeline.load_split(data_dir, "heldout")
+    held = load_split(data_dir, "heldout")
     batches = list(pipeline.eval_batches(c, data_dir, "heldout", batch_size=4))
     assert sum(b["num_valid"] for b in batches) == len(held) == 15
     assert [i for b in batches for i in b["ids"]] == [r["id"] for r in held]
@@ -214,9 +202,9 @@ def test_eval_batches(data_dir):
 
 
 def test_bad_process_arguments(data_dir):
-    with pytest.raises(pipeline.DataError, match="global_batch_size"):
+    with pytest.raises(DataError, match="global_batch_size"):
         pipeline.make_train_iterator(config(batch=6), data_dir, 0, 4)
-    with pytest.raises(pipeline.DataError, match="process_index"):
+    with pytest.raises(DataError, match="process_index"):
         pipeline.make_train_iterator(config(), data_dir, 2, 2)
 
 
@@ -229,24 +217,24 @@ def test_missing_and_corrupt_shards_are_named(data_dir, tmp_path):
     mid = len(raw) // 3
     raw[mid:mid + 64] = b"\xff" * 64
     shard.write_bytes(bytes(raw))
-    with pytest.raises(pipeline.DataError, match=rf"{shard}: record \d+"):
-        pipeline.load_split(str(bad), "train")
+    with pytest.raises(DataError, match=rf"{shard}: record \d+"):
+        load_split(str(bad), "train")
     it = pipeline.make_train_iterator(config(), str(bad))
-    with pytest.raises(pipeline.DataError, match=rf"{shard}: record \d+"):
+    with pytest.raises(DataError, match=rf"{shard}: record \d+"):
         take(it, 100)  # the epoch reaches the corrupt record; Grain passes the error on
     for cache in bad.glob("lengths-*.npy"):
         cache.unlink()
-    with pytest.raises(pipeline.DataError, match=rf"{shard}: record \d+"):
+    with pytest.raises(DataError, match=rf"{shard}: record \d+"):
         pipeline.make_train_iterator(config(), str(bad))
     shard.write_bytes(bytes(raw[:1000]))  # truncated file
-    with pytest.raises(pipeline.DataError, match=str(shard)):
-        pipeline.load_split(str(bad), "train")
+    with pytest.raises(DataError, match=str(shard)):
+        load_split(str(bad), "train")
     shard.unlink()
-    with pytest.raises(pipeline.DataError, match=f"{shard}.*missing"):
+    with pytest.raises(DataError, match=f"{shard}.*missing"):
         pipeline.make_train_iterator(config(), str(bad))
     (bad / "manifest.json").unlink()
-    with pytest.raises(pipeline.DataError, match="manifest"):
-        pipeline.load_split(str(bad), "heldout")
+    with pytest.raises(DataError, match="manifest"):
+        load_split(str(bad), "heldout")
 
 
 def test_token_lengths_are_cached_and_invalidated(tmp_path):
@@ -258,6 +246,6 @@ def test_token_lengths_are_cached_and_invalidated(tmp_path):
     assert len(caches) == 1
     again, _ = pipeline.fitted_lengths(str(d), c)
     np.testing.assert_array_equal(first, again)
-    generate.generate_dataset(str(d), 60, seed=1)  # new data: the old cache goes
-    assert not any(p.exists() for p in caches)
+    generate.generate_dataset(str(d), 60, seed=1)  # new data: a new cache, and the old one goes
     assert not np.array_equal(pipeline.fitted_lengths(str(d), c)[0], first)
+    assert not any(p.exists() for p in caches) and len(list(d.glob("lengths-train-*.npy"))) == 1

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from promethios_jax.config import base_config
-from promethios_jax.data import generate, schema, tokenizer
+from promethios_jax.data import generate, pipeline, schema, tokenizer
+from promethios_jax.data.records import load_split
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +77,11 @@ def test_encode_example_ends_prompt_with_assess(tok):
 
 def test_sentencepiece_option(tmp_path):
     pytest.importorskip("sentencepiece")
-    from promethios_jax.data import pipeline
 
     d = tmp_path / "data"
     generate.generate_dataset(str(d), 200, seed=0)
-    path = tokenizer.train_sentencepiece(str(d), tmp_path / "spm" / "gov", vocab_size=700)
+    texts = (t for r in load_split(str(d), "train") for t in (r["prompt"], r["response"]))
+    path = tokenizer.train_sentencepiece(texts, tmp_path / "spm" / "gov", vocab_size=700)
     c = base_config()
     c.data.tokenizer = path
     with pytest.raises(tokenizer.TokenizerError, match="config.model.vocab_size"):
@@ -89,7 +90,7 @@ def test_sentencepiece_option(tmp_path):
     c.train.global_batch_size = 4
     tok = tokenizer.build_tokenizer(c)
     byte_len = 0
-    for ex in pipeline.load_split(str(d), "heldout"):
+    for ex in load_split(str(d), "heldout"):
         p, r = tokenizer.encode_example(ex, tok)
         assert p[0] == tok.bos_id and p[-1] == tok.assess_id and r[-1] == tok.eos_id
         assert tok.is_control(p).sum() == 1 + len(schema.TELEMETRY_KEYS)

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval import metrics as M
-from eval import runner
+from eval import communication as C
+from eval import predict, runner, scoring
 from eval.__main__ import EXIT_BAD_INPUT, EXIT_GATES_FAILED, main
+from promethios_jax import workdir
 from tests.util import small_config as base_small_config
 
 ISSUE_KEYS = (
@@ -23,7 +24,7 @@ ISSUE_KEYS = (
     "perplexity", "leak_rate", "gates",
 )
 ROW_KEYS = ("id", "domain", "category", "hitl_prob", "hitl_label", "decision_pred", "decision_label",
-            "confidence_pred", "confidence_label", "tool_pred", "tool_label", "bias_prob", "bias_label",
+            "confidence_pred", "confidence_label", "tool_pred", "tool_label", "bias_pred", "bias_label",
             "uncertainty_pred", "uncertainty_label")
 NUM_GENERATE = 6
 
@@ -45,7 +46,7 @@ def trained(tmp_path_factory):
 
     wd = tmp_path_factory.mktemp("run")
     train.train(small_config(), str(wd))
-    assert runner.checkpoint_steps(wd) == [1, 2] and runner.training_done(wd) == 2
+    assert workdir.checkpoint_steps(wd) == [1, 2] and workdir.training_done(wd) == 2
     return wd
 
 
@@ -112,8 +113,8 @@ def test_figures_recompute_from_the_predictions_file(scored):
     tok = sum(r["response_tokens"] for r in rows)
     assert math.exp(nll / tok) == pytest.approx(res["perplexity"], rel=1e-9)
     # And every figure through the runner's single code path:
-    again = runner.metrics_from_rows(rows, res["hitl_ceiling"], res["hitl_majority_baseline"],
-                                     runner.generations_from_rows(rows))
+    again = scoring.metrics_from_rows(rows, res["hitl_ceiling"], res["hitl_majority_baseline"],
+                                     predict.generations_from_rows(rows))
     for key in ISSUE_KEYS:
         assert again[key] == res[key], key
 
@@ -124,7 +125,7 @@ def test_generation_matches_the_forward_pass(scored):
     for r in read_rows(wd, 2):
         if "generation" in r:
             assert r["generation"]["hitl_prob"] == pytest.approx(r["hitl_prob"], abs=1e-4)
-            assert M.leak_rate([r["generation"]["response"]], [r["generation"]["prompt"]])["count"] == 1
+            assert C.leak_rate([r["generation"]["response"]], [r["generation"]["prompt"]])["count"] == 1
 
 
 def test_step_option_and_unknown_step(trained, capsys):
@@ -152,7 +153,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "tb").exists()  # nothing scored, nothing written
 
 
-def test_cli_without_checkpoint_exits_2_before_importing_jax(tmp_path):
+def test_cli_without_checkpoint_exits_2_quickly(tmp_path):
     import subprocess
     import sys
 
@@ -210,3 +211,18 @@ def test_watch_waits_for_checkpoints_and_stops_when_training_is_done(trained, tm
     assert (wd / "eval" / "1.json").exists() and (wd / "eval" / "2.json").exists()
     # A second watcher finds everything scored and stops at once.
     assert runner.watch(wd, poll_seconds=0.2, max_wait_seconds=5, log=logs.append) == []
+
+
+def test_every_registry_head_reaches_the_rows_the_json_and_the_generations(scored):
+    from promethios_jax.model import heads
+
+    wd, res = scored
+    rows = read_rows(wd, 2)
+    gens = [r["generation"] for r in rows if "generation" in r]
+    assert gens
+    for h in heads.HEADS:
+        assert f"{h.name}_label" in rows[0] and f"{h.name}_{'prob' if h.kind == 'binary' else 'pred'}" in rows[0]
+        figure = {"binary": f"{h.name}_accuracy", "softmax": f"{h.name}_accuracy",
+                  "soft_multilabel": f"{h.name}_macro_f1"}[h.kind]
+        assert figure in res, (h.name, figure)
+        assert any(k == h.name or k.startswith(f"{h.name}_") for k in gens[0]["verdict"]), h.name

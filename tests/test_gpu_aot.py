@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from promethios_jax import gpu_aot
-from promethios_jax.convert import load_config_file
+from promethios_jax.config import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_PLUGIN = importlib.util.find_spec("jax_cuda12_plugin") is not None

@@ -11,12 +11,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from promethios_jax import flops, metrics
 from promethios_jax.config import base_config
+from promethios_jax.model.heads import LOSS_PARTS
 from promethios_jax.profiling import Profiler, annotate
+from promethios_jax.workdir import tb_dir
 
 # The tags docs/monitoring.md promises for a GPU run (memory/* and perf/mfu need a
 # backend with memory statistics and a known peak; the test fakes both).
 TRAIN_TAGS = (
-    ["train/loss"] + [f"train/loss_{p}" for p in metrics.LOSS_PARTS]
+    ["train/loss"] + [f"train/loss_{p}" for p in LOSS_PARTS]
     + ["train/learning_rate", "train/grad_norm", "train/param_norm",
        "perf/tokens_per_s", "perf/tokens_per_s_per_device", "perf/step_time_s",
        "perf/tflops_per_device", "perf/mfu", "perf/data_wait_s", "perf/checkpoint_s",
@@ -50,7 +52,7 @@ def _one_log_point():
     clock = FakeClock()
     tracker = _tracker(clock)
     clock.t = 10.0
-    step_metrics = {"loss": 2.5, **{f"loss_{p}": 0.1 for p in metrics.LOSS_PARTS},
+    step_metrics = {"loss": 2.5, **{f"loss_{p}": 0.1 for p in LOSS_PARTS},
                     "learning_rate": 1e-3, "grad_norm": jnp.float32(0.7), "param_norm": 12.0}
     scalars = metrics.train_scalars(step_metrics)
     scalars.update(tracker.update(10))
@@ -73,7 +75,7 @@ def test_tensorboard_has_every_tag_and_the_config_text(tmp_path):
         writer.write_scalars(10, _one_log_point())
         writer.write_scalars(20, {"train/loss": 2.0})
 
-    acc = _accumulator(metrics.tb_dir(workdir))
+    acc = _accumulator(str(tb_dir(workdir, "train")))
     assert set(TRAIN_TAGS) <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("train/loss")] == [10, 20]
     assert acc.Scalars("train/loss")[1].value == pytest.approx(2.0)
@@ -111,7 +113,7 @@ def test_eval_writer_uses_its_own_run_and_no_jsonl(tmp_path):
     with metrics.MetricsWriter(workdir, run="eval", jsonl_name=None) as writer:
         writer.write_scalars(100, {"eval/hitl_accuracy": 0.9})
     assert not (tmp_path / "metrics.jsonl").exists()
-    acc = _accumulator(metrics.tb_dir(workdir, "eval"))
+    acc = _accumulator(str(tb_dir(workdir, "eval")))
     assert acc.Tags()["scalars"] == ["eval/hitl_accuracy"]
 
 
@@ -246,7 +248,7 @@ def test_profiler_leaves_an_xplane_trace(tmp_path):
         with annotate(step):
             x = f(x)
     profiler.close()
-    traces = glob.glob(os.path.join(metrics.tb_dir(workdir), "plugins", "profile", "*", "*.xplane.pb"))
+    traces = glob.glob(os.path.join(str(tb_dir(workdir, "train")), "plugins", "profile", "*", "*.xplane.pb"))
     assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
 
 

@@ -1,7 +1,7 @@
 """The backbone against transformers' LlamaForCausalLM: same weights, same logits.
 
 This parity is what makes Hugging Face import and export possible; the mapping below is
-the one promethios_jax.convert implements (a transpose and a reshape per tensor).
+the one promethios_jax.model.hf_llama declares (a transpose and a reshape per tensor).
 """
 import jax
 import jax.numpy as jnp

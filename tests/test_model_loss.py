@@ -16,12 +16,12 @@ B, L, S, V = 3, 7, 4, 11
 def _outputs(rng):
     return ModelOutput(
         logits=jnp.asarray(rng.normal(size=(B, L, V)) * 3, jnp.float32),
-        hitl_logits=jnp.asarray(rng.normal(size=(B, S)) * 2, jnp.float32),
-        decision_logits=jnp.asarray(rng.normal(size=(B, S, 4)), jnp.float32),
-        confidence_logits=jnp.asarray(rng.normal(size=(B, S, 4)), jnp.float32),
-        uncertainty_logits=jnp.asarray(rng.normal(size=(B, S, 6)), jnp.float32),
-        bias_logits=jnp.asarray(rng.normal(size=(B, S, 6)), jnp.float32),
-        tool_logits=jnp.asarray(rng.normal(size=(B, S, 6)), jnp.float32))
+        heads={"hitl": jnp.asarray(rng.normal(size=(B, S)) * 2, jnp.float32),
+               "decision": jnp.asarray(rng.normal(size=(B, S, 4)), jnp.float32),
+               "confidence": jnp.asarray(rng.normal(size=(B, S, 4)), jnp.float32),
+               "uncertainty": jnp.asarray(rng.normal(size=(B, S, 6)), jnp.float32),
+               "bias": jnp.asarray(rng.normal(size=(B, S, 6)), jnp.float32),
+               "tool": jnp.asarray(rng.normal(size=(B, S, 6)), jnp.float32)})
 
 
 def _labels(rng):
@@ -85,10 +85,8 @@ def test_masked_slots_contribute_nothing():
     out, b = _outputs(rng), _labels(rng)
     masked = b["head_mask"] == 0
     # Change every masked slot's logits and labels, and every unmasked-token target: nothing moves.
-    out2 = out.replace(**{f: jnp.where(jnp.asarray(masked)[(...,) + (None,) * (getattr(out, f).ndim - 2)],
-                                       getattr(out, f) + 5.0, getattr(out, f))
-                          for f in ("hitl_logits", "decision_logits", "confidence_logits", "uncertainty_logits",
-                                    "bias_logits", "tool_logits")})
+    out2 = out.replace(heads={k: jnp.where(jnp.asarray(masked)[(...,) + (None,) * (v.ndim - 2)], v + 5.0, v)
+                              for k, v in out.heads.items()})
     b2 = dict(b)
     for k in ("hitl", "decision", "confidence", "tool"):
         b2[k] = np.where(masked, (b[k] + 1) % 2, b[k])

@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from promethios_jax import sharding
+from promethios_jax.data import batch as batch_lib
 from promethios_jax.config import ConfigError, base_config, resolve_mesh_shape
 from promethios_jax.model import GovernanceTransformer
 
@@ -87,12 +89,30 @@ def test_mesh_shapes_resolve_or_are_refused():
 
 
 def test_batch_is_sharded_over_data_and_fsdp():
-    mesh = sharding.make_mesh(_cfg(2, 2, 2))
-    import numpy as np
-
-    x = sharding.host_local_to_global({"tokens": np.zeros((8, 16), np.int32)}, mesh)["tokens"]
+    c = _cfg(2, 2, 2)
+    c.train.global_batch_size = 8
+    c.model.max_seq_len = 16
+    mesh = sharding.make_mesh(c)
+    shardings = batch_lib.shardings(c, mesh)
+    x = sharding.host_local_to_global({"tokens": np.zeros((8, 16), np.int32)}, shardings)["tokens"]
     assert x.sharding.spec == P(("data", "fsdp"), None)
     assert len({str(s.index) for s in x.addressable_shards}) == 4  # tensor replicas share rows
+
+
+def test_batch_and_micro_batch_shardings_follow_the_rules_table():
+    c = _cfg(2, 2, 2)
+    c.train.global_batch_size = 16
+    mesh = sharding.make_mesh(c)
+    rules = dict(c.sharding.rules)
+    assert batch_lib.shardings(c, mesh)["telemetry"].spec == P(("data", "fsdp"), None, None)
+    assert batch_lib.micro_shardings(c, mesh, 2)["tokens"].spec == P(None, ("data", "fsdp"), None)
+    rules["batch"] = "data"
+    rules["length"] = "fsdp"  # e.g. sequence sharding
+    c.sharding.rules = tuple(rules.items())
+    sh = batch_lib.shardings(c, mesh)
+    assert sh["tokens"].spec == P("data", "fsdp")
+    assert sh["hitl"].spec == P("data", None)  # example slots have no logical axis
+    assert batch_lib.micro_shardings(c, mesh, 2)["telemetry"].spec == P(None, "data", "fsdp", None)
 
 
 def _dry_run(*args, timeout=900):

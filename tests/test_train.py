@@ -2,6 +2,7 @@
 metrics, and the bad inputs that must be refused before any compile."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,53 @@ def test_cli_unwritable_workdir_is_named(tmp_path):
     r = _cli(f"--workdir={blocker}/run")
     assert r.returncode == 2, r.stderr
     assert "cannot be written" in r.stderr and str(blocker) in r.stderr
+
+
+def test_first_step_runs_the_ahead_of_time_compiled_step(tmp_path, data_dir, caplog):
+    """The loop compiles the step once (aot.compile_step) and runs that executable: with
+    jax_log_compiles on, `train_step` is compiled exactly once over a 3-step run."""
+    import logging
+
+    import jax
+
+    from promethios_jax import train
+
+    cfg = small_config()
+    cfg.data.path = data_dir
+    cfg.train.steps = 3
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            train.train(cfg, str(tmp_path / "run"))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")]
+    assert len(compiles) == 1, compiles
+    assert sorted(read_losses(tmp_path / "run")) == [1, 2, 3]
+
+
+def test_cli_cudnn_on_cpu_is_refused_before_data_and_compile(tmp_path):
+    r = _cli(f"--workdir={tmp_path}", "--config.model.attention_impl=cudnn")
+    assert r.returncode == 2, r.stderr
+    assert "config.model.attention_impl='cudnn'" in r.stderr and "attention_impl='xla'" in r.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_cli_an_8b_step_on_one_cpu_device_is_refused_before_any_parameter(tmp_path):
+    """configs/8b.py on one CPU device (XLA attention: cuDNN is refused first) needs far
+    more than the host holds: one message with the need, the limit and the levers, exit 2,
+    and neither data nor a parameter nor a checkpoint was made."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    r = _cli(f"--workdir={tmp_path}", "--config=configs/8b.py", "--config.model.attention_impl=xla", env=env,
+             timeout=900)
+    assert r.returncode == 2, r.stderr[-3000:]
+    err = r.stderr
+    assert "error: --config=configs/8b.py: the train step does not fit" in err
+    assert re.search(r"needs [\d.]+ GiB per device .* a device holds [\d.]+ GiB \(available host memory", err)
+    for lever in ("config.mesh.fsdp", "config.train.global_batch_size", "config.train.grad_accum_steps",
+                  "config.model.remat_policy", "--allow_oversubscribe"):
+        assert lever in err, lever
+    assert "8,026,087,451 parameters" in err
+    assert "initialised" not in r.stdout and "generated" not in r.stdout
+    assert not (tmp_path / "data").exists() and not (tmp_path / "checkpoints").exists()

@@ -14,8 +14,11 @@ import os
 import tempfile
 import time
 
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from promethios_jax.data import generate, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file (get_config()).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Existing dataset; empty: generate one into a temp dir.")
@@ -25,10 +28,6 @@ _WARMUP = flags.DEFINE_integer("warmup_batches", 2, "Batches consumed before tim
 
 def main(argv):
     del argv
-    import numpy as np
-
-    from promethios_jax.data import generate, pipeline
-
     config = _CONFIG.value
     tmp = None
     data_dir = _DATA_DIR.value or config.data.path

@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from array_record.python import array_record_module
 
 from promethios_jax.data import schema, templates
 
@@ -294,8 +295,6 @@ def _summaries(records: list) -> tuple:
 
 
 def _write_split(out: Path, split: str, records: list) -> list:
-    from array_record.python import array_record_module
-
     for old in out.glob(f"{split}-*-of-*.array_record"):
         old.unlink()
     n_shards = max(1, -(-len(records) // SHARD_RECORDS))
@@ -350,8 +349,6 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
             "precedence": ["distress", "trust_gate", "evidence_gate", "decline_if_denied", "high_or_medium"],
         },
     }
-    for stale in out.glob("lengths-*.npy"):  # the pipeline's token-length caches of older data
-        stale.unlink()
     for split in SPLITS:
         counts, rates = _summaries(splits[split])
         manifest["counts"]["by_split"][split] = counts

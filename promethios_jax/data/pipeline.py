@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -36,193 +35,16 @@ from pathlib import Path
 
 import grain
 import numpy as np
+from absl import flags
 
-from promethios_jax.data import schema
+from promethios_jax.data import batch as batch_lib
+from promethios_jax.data import packing, position
+from promethios_jax.data.records import MANIFEST, DataError, ShardedRecords
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays
 
 log = logging.getLogger(__name__)
 
-PACK_WINDOW = 16  # open rows first-fit considers; older rows are closed
 _ROW_LIMIT = 2 ** 62  # the row stream is infinite; Grain needs a length
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or unusable data; the message names the file or key."""
-
-
-def read_manifest(data_dir) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no manifest; generate the data with "
-                        f"python -m promethios_jax.data.generate --out={data_dir}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable manifest: {e}") from None
-
-
-class ShardedRecords:
-    """Random access to one split's JSON records across its ArrayRecord shards."""
-
-    def __init__(self, data_dir, split: str):
-        manifest = read_manifest(data_dir)
-        shards = manifest.get("shards", {}).get(split)
-        if shards is None:
-            raise DataError(f"{Path(data_dir) / 'manifest.json'}: no split {split!r} "
-                            f"(have {sorted(manifest.get('shards', {}))})")
-        self.split = split
-        self.paths = [str(Path(data_dir) / s["file"]) for s in shards]
-        self._sources = []
-        for path, s in zip(self.paths, shards):
-            if not Path(path).is_file():
-                raise DataError(f"{path}: shard of split {split!r} is missing")
-            try:
-                src = grain.sources.ArrayRecordDataSource([path])
-                n = len(src)
-            except Exception as e:  # array_record raises RuntimeError with the low-level reason
-                raise DataError(f"{path}: cannot open shard: {e}") from None
-            if n != s["records"]:
-                raise DataError(f"{path}: holds {n} records, the manifest says {s['records']}")
-            self._sources.append(src)
-        self._starts = np.cumsum([0] + [s["records"] for s in shards]).tolist()
-
-    def __len__(self) -> int:
-        return self._starts[-1]
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"record {index} outside split {self.split!r} of {len(self)} records")
-        k = bisect.bisect_right(self._starts, index) - 1
-        local = index - self._starts[k]
-        try:
-            raw = self._sources[k][local]
-        except Exception as e:
-            raise DataError(f"{self.paths[k]}: record {local}: cannot read: {e}") from None
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            raise DataError(f"{self.paths[k]}: record {local}: not a JSON record: {e}") from None
-
-
-def load_split(data_dir, split: str) -> list[dict]:
-    """All records of a split, in file order, as JSON dicts."""
-    recs = ShardedRecords(data_dir, split)
-    return [recs[i] for i in range(len(recs))]
-
-
-def _prefix_len(prompt_ids: np.ndarray, tokenizer) -> int:
-    """Tokens up to and including the last governance tag (<bos> plus the tags)."""
-    gov = np.flatnonzero(tokenizer.is_control(prompt_ids))
-    return int(gov[-1]) + 1 if len(gov) else 1
-
-
-def _fit(prompt_len: int, response_len: int, prefix_len: int, max_len: int) -> tuple[int, int] | None:
-    """(request tokens to cut, response tokens to cut) to fit `max_len`; None if it cannot."""
-    over = prompt_len + response_len - max_len
-    if over <= 0:
-        return 0, 0
-    cut_req = min(over, prompt_len - prefix_len - 1)  # never the tags, never <assess>
-    cut_resp = over - cut_req
-    if cut_resp >= response_len:
-        return None
-    return cut_req, cut_resp
-
-
-def _encode_fitted(rec: dict, tokenizer, max_len: int):
-    """(prompt, response) ids fitted to `max_len`, or None if the example cannot fit."""
-    prompt, response = encode_example_arrays(rec, tokenizer)
-    cuts = _fit(len(prompt), len(response), _prefix_len(prompt, tokenizer), max_len)
-    if cuts is None:
-        return None
-    cut_req, cut_resp = cuts
-    if cut_req:
-        prompt = np.concatenate([prompt[:len(prompt) - 1 - cut_req], prompt[-1:]])
-    if cut_resp:
-        response = response[:len(response) - cut_resp]
-    return prompt, response
-
-
-def _labels(rec: dict) -> tuple:
-    lab = rec["labels"]
-    return (int(lab["hitl"]), schema.DECISIONS.index(lab["decision"]),
-            schema.CONFIDENCE_BANDS.index(lab["confidence"]), schema.TOOLS.index(lab["tool"]),
-            schema.CONFLICTS.index(lab["conflict"]),
-            [float(lab["uncertainty"][k]) for k in schema.UNCERTAINTY_DIMS],
-            [float(lab["bias"][k]) for k in schema.BIAS_CATEGORIES])
-
-
-def _empty_rows(b: int, length: int, s: int) -> dict:
-    t = schema.TELEMETRY_DIM
-    z = lambda shape, dt: np.zeros(shape, dt)  # noqa: E731
-    return {
-        "tokens": z((b, length), np.int32), "targets": z((b, length), np.int32),
-        "loss_mask": z((b, length), np.float32), "segment_ids": z((b, length), np.int32),
-        "positions": z((b, length), np.int32), "telemetry": z((b, length, t), np.float32),
-        "head_positions": z((b, s), np.int32), "head_mask": z((b, s), np.float32),
-        "hitl": z((b, s), np.int32), "decision": z((b, s), np.int32), "confidence": z((b, s), np.int32),
-        "tool": z((b, s), np.int32), "conflict": z((b, s), np.int32),
-        "uncertainty": z((b, s, len(schema.UNCERTAINTY_DIMS)), np.float32),
-        "bias": z((b, s, len(schema.BIAS_CATEGORIES)), np.float32),
-    }
-
-
-def _place(out: dict, row: int, slot: int, offset: int, seg_id: int, rec: dict, prompt, response) -> int:
-    """Writes one example into `out[row]` at `offset` as segment `seg_id`; returns its length."""
-    n_p, n = len(prompt), len(prompt) + len(response)
-    end = offset + n
-    tok = out["tokens"][row]
-    tok[offset:offset + n_p] = prompt
-    tok[offset + n_p:end] = response
-    out["targets"][row, offset:end - 1] = tok[offset + 1:end]  # the last target stays <pad>, unmasked
-    out["loss_mask"][row, offset + n_p - 1:end - 1] = 1.0  # targets that are response tokens
-    out["segment_ids"][row, offset:end] = seg_id
-    out["positions"][row, offset:end] = np.arange(n, dtype=np.int32)
-    out["telemetry"][row, offset:end] = schema.telemetry_vector(rec["telemetry"], rec["domain"])
-    out["head_positions"][row, slot] = offset + n_p - 1  # the <assess> token
-    out["head_mask"][row, slot] = 1.0
-    hitl, decision, confidence, tool, conflict, unc, bias = _labels(rec)
-    out["hitl"][row, slot], out["decision"][row, slot] = hitl, decision
-    out["confidence"][row, slot], out["tool"][row, slot], out["conflict"][row, slot] = confidence, tool, conflict
-    out["uncertainty"][row, slot], out["bias"][row, slot] = unc, bias
-    return n
-
-
-def pack_plan(lengths: np.ndarray, seed: int, epoch: int, max_len: int, max_segments: int,
-              window: int = PACK_WINDOW) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch's rows as CSR (members, row_starts): first-fit over a seeded shuffle.
-
-    `lengths[i] <= 0` marks an example that is skipped. Rows are numbered in the order
-    they open; members keep their insertion order.
-    """
-    lengths = np.asarray(lengths)
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(lengths))
-    order = order[lengths[order] > 0]
-    lens = lengths.tolist()
-    min_len = int(lengths[lengths > 0].min()) if len(order) else 1
-    rows: list[list[int]] = []
-    space: list[int] = []
-    opened: list[int] = []
-    for i in order.tolist():
-        n = lens[i]
-        for r in opened:
-            if space[r] >= n:
-                rows[r].append(i)
-                space[r] -= n
-                if space[r] < min_len or len(rows[r]) >= max_segments:
-                    opened.remove(r)
-                break
-        else:
-            rows.append([i])
-            space.append(max_len - n)
-            if space[-1] >= min_len and max_segments > 1:
-                opened.append(len(rows) - 1)
-                if len(opened) > window:
-                    opened.pop(0)
-    starts = np.zeros(len(rows) + 1, np.int64)
-    starts[1:] = np.cumsum([len(r) for r in rows])
-    members = np.fromiter((i for r in rows for i in r), np.int64, count=int(starts[-1]))
-    return members, starts
 
 
 class PackedRows:
@@ -269,7 +91,7 @@ class PackedRows:
     def _plan(self, epoch: int):
         plan = self._plans.get(epoch)
         if plan is None:
-            plan = pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments)
+            plan = packing.pack_plan(self.lengths, self.seed, epoch, self.max_len, self.max_segments)
             if len(self._plans) >= 4:
                 self._plans.pop(min(self._plans))
             self._plans[epoch] = plan
@@ -292,27 +114,42 @@ class PackedRows:
         return members[starts[r]:starts[r + 1]]
 
     def __call__(self, row: int) -> dict:
-        out = _empty_rows(1, self.max_len, self.max_segments)
+        out = batch_lib.empty(1, self.max_len, self.max_segments)
         offset = 0
         for slot, i in enumerate(self.examples(int(row)).tolist()):
             rec = self.records[i]
-            fitted = _encode_fitted(rec, self.tokenizer, self.max_len)
+            fitted = packing.encode_fitted(rec, self.tokenizer, self.max_len)
             if fitted is None or offset + len(fitted[0]) + len(fitted[1]) > self.max_len:
                 raise DataError(f"train record {i} ({rec.get('id')}) no longer fits the plan: "
                                 "the shards changed after the iterator was built")
-            offset += _place(out, 0, slot, offset, slot + 1, rec, *fitted)
+            offset += packing.place(out, 0, slot, offset, slot + 1, rec, *fitted)
         return {k: v[0] for k, v in out.items()}
+
+
+def _length_cache(data_dir, split: str, tokenizer) -> Path:
+    """DATA_DIR/lengths-<split>-<data key>-<tokenizer key>.npy; the data key hashes the manifest."""
+    manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
+    data_key = hashlib.sha1(manifest).hexdigest()[:12]
+    tok_key = hashlib.sha1(tokenizer.fingerprint.encode()).hexdigest()[:12]
+    return Path(data_dir) / f"lengths-{split}-{data_key}-{tok_key}.npy"
+
+
+def _drop_stale_caches(cache: Path) -> None:
+    """Removes the split's length caches of other data (a regenerated dir); other tokenizers' stay."""
+    split, data_key = cache.name.split("-")[1:3]
+    for old in cache.parent.glob(f"lengths-{split}-*.npy"):
+        if old.name.split("-")[2] != data_key:
+            old.unlink(missing_ok=True)
 
 
 def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     """int64[N, 3]: (prompt, response, tag prefix) token counts of every example of a split.
 
-    Cached in DATA_DIR/lengths-<split>-<key>.npy, keyed by the manifest and the
-    tokenizer, so that restarts skip the tokenizing pass; a read-only dir just recomputes.
+    Cached in DATA_DIR (see _length_cache), keyed by the manifest and the tokenizer, so
+    that restarts skip the tokenizing pass; caches of older data in the dir are removed
+    when a new one is written; a read-only dir just recomputes.
     """
-    manifest = (Path(data_dir) / "manifest.json").read_bytes() if (Path(data_dir) / "manifest.json").is_file() else b""
-    key = hashlib.sha1(manifest + tokenizer.fingerprint.encode()).hexdigest()[:16]
-    cache = Path(data_dir) / f"lengths-{split}-{key}.npy"
+    cache = _length_cache(data_dir, split, tokenizer)
     records = ShardedRecords(data_dir, split)
     if cache.is_file():
         try:
@@ -324,11 +161,12 @@ def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     out = np.zeros((len(records), 3), np.int64)
     for i in range(len(records)):
         prompt, response = encode_example_arrays(records[i], tokenizer)
-        out[i] = len(prompt), len(response), _prefix_len(prompt, tokenizer)
+        out[i] = len(prompt), len(response), packing.prefix_len(prompt, tokenizer)
     try:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
         os.replace(tmp, cache)
+        _drop_stale_caches(cache)
     except OSError:
         pass
     return out
@@ -344,7 +182,7 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     raw = raw_lengths(data_dir, "train", tok)
     lengths = np.zeros(len(records), np.int64)
     for i, (p, r, h) in enumerate(raw.tolist()):
-        if _fit(p, r, h, max_len) is not None:
+        if packing.fit(p, r, h, max_len) is not None:
             lengths[i] = min(p + r, max_len)
     truncated = int((raw[:, 0] + raw[:, 1] > max_len).sum()) - int((lengths == 0).sum())
     skipped = int((lengths == 0).sum())
@@ -361,15 +199,20 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
 class TrainIterator(grain.DatasetIterator):
     """Host-local training batches; the position is `batches_consumed` (global batches).
 
-    `get_state()` is `{"batches_consumed": n}` and restores on any process count via
-    `set_state` or `make_train_iterator(..., start_batch=n)`.
+    `get_state()` is the whole saved position (data/position.py: batches, the global
+    batch size they count in, the stream keys); `set_state(state)` continues exactly
+    after it, on any process count and any global batch size that divides the rows
+    consumed (DataError otherwise). Both may be called before the first batch is read.
     """
 
-    def __init__(self, build, start_batch: int, stats: dict):
+    def __init__(self, build, start_batch: int, stats: dict, config, process_index: int, process_count: int):
         super().__init__()
         self._build = build
         self.batches_consumed = int(start_batch)
         self.stats = stats
+        self._config = config
+        self._process_index = process_index
+        self._process_count = process_count
         self._it = None
 
     def __next__(self) -> dict:
@@ -380,11 +223,13 @@ class TrainIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"batches_consumed": self.batches_consumed}
+        return position.position_state(self.batches_consumed, self._config, self._process_count)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict, where: str = "the saved data position") -> None:
+        """Continues after `state` (`where` names it in messages, e.g. "checkpoint step 200")."""
+        n = position.resume_batch(state, self._config, where, announce=self._process_index == 0)
         self.close()
-        self.batches_consumed = int(state["batches_consumed"])
+        self.batches_consumed = n
 
     def close(self) -> None:
         it, self._it = self._it, None
@@ -423,14 +268,13 @@ def make_train_iterator(config, data_dir, process_index: int = 0, process_count:
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if workers else 2,
                                                   prefetch_buffer_size=buffer))
         if workers > 0:
-            from absl import flags
             if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app use defaults
                 flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                              per_worker_buffer_size=buffer))
         return ds
 
-    return TrainIterator(build, start_batch, stats)
+    return TrainIterator(build, start_batch, stats, config, process_index, process_count)
 
 
 def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | None = None):
@@ -449,16 +293,15 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
     tok = build_tokenizer(config)
     max_len = int(config.model.max_seq_len)
     for start in range(0, len(records), b):
-        out = _empty_rows(b, max_len, 1)
-        out["prompt_lengths"] = np.zeros(b, np.int32)
+        out = batch_lib.empty(b, max_len, 1, batch_lib.EVAL_FIELDS)
         ids = []
         for row, i in enumerate(range(start, min(start + b, len(records)))):
             rec = records[i]
-            fitted = _encode_fitted(rec, tok, max_len)
+            fitted = packing.encode_fitted(rec, tok, max_len)
             if fitted is None:
                 raise DataError(f"{split} record {i} ({rec.get('id')}) cannot fit "
                                 f"config.model.max_seq_len={max_len}")
-            _place(out, row, 0, 0, 1, rec, *fitted)
+            packing.place(out, row, 0, 0, 1, rec, *fitted)
             out["prompt_lengths"][row] = len(fitted[0])
             ids.append(rec["id"])
         out["ids"] = ids

@@ -59,6 +59,11 @@ MODELS = ("CONSENSUS", "MAJORITY", "SINGLE", "SPLIT")
 MODEL_RISK = {"CONSENSUS": 0.0, "MAJORITY": 0.33, "SINGLE": 0.67, "SPLIT": 1.0}
 
 NUMERIC_KEYS = ("trust", "intensity", "verify", "attest", "bound")
+# Label names per head or label, in class / dimension order (eval's "label_spaces", the
+# server's verdict).
+LABEL_SPACES = {"decision": DECISIONS, "confidence": CONFIDENCE_BANDS, "tool": TOOLS, "conflict": CONFLICTS,
+                "uncertainty": UNCERTAINTY_DIMS, "bias": BIAS_CATEGORIES}
+
 TELEMETRY_KEYS = ("trust", "emotion", "intensity", "verify", "attest", "bound", "decision", "model")
 CATEGORICAL_VALUES = {"emotion": EMOTIONS, "decision": STATES, "model": MODELS}
 

@@ -24,13 +24,16 @@ encodes. It needs the optional `sentencepiece` package.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from promethios_jax.data import schema
+from promethios_jax.data.records import load_split
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<assess>", "<reserved_4>", "<reserved_5>", "<reserved_6>",
                   "<reserved_7>")
@@ -216,22 +219,19 @@ class SentencePieceTokenizer:
         return self._control[np.clip(ids, 0, len(self._control) - 1)] & (ids >= 0) & (ids < len(self._control))
 
 
-def train_sentencepiece(data_dir, out_prefix, vocab_size: int = 4000, split: str = "train") -> str:
-    """Trains a SentencePiece model on a split's prompts and responses; returns the model path.
+def train_sentencepiece(texts: Iterable[str], out_prefix, vocab_size: int = 4000) -> str:
+    """Trains a SentencePiece model on `texts` (e.g. a split's prompts and responses);
+    returns the model path.
 
     Control and special pieces are user-defined symbols (always one piece); text is
     kept verbatim (identity normalization, whitespace kept) with byte fallback.
     """
-    import sentencepiece as spm
+    import sentencepiece as spm  # optional dependency (the sentencepiece extra)
 
-    from promethios_jax.data.pipeline import load_split
-
-    records = load_split(data_dir, split)
     lines = []
-    for r in records:
-        for text in (r["prompt"], r["response"]):
-            text = _TAG_RE.sub(lambda m: m.group(0) if m.group(3) else canonical_tag(m.group(1), m.group(2)), text)
-            lines += [line for line in text.split("\n") if line]
+    for text in texts:
+        text = _TAG_RE.sub(lambda m: m.group(0) if m.group(3) else canonical_tag(m.group(1), m.group(2)), text)
+        lines += [line for line in text.split("\n") if line]
     out_prefix = str(out_prefix)
     Path(out_prefix).parent.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
@@ -275,8 +275,6 @@ def encode_example(example: dict, tokenizer) -> tuple[list[int], list[int]]:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m promethios_jax.data.tokenizer",
                                 description="Train a SentencePiece model on the generated corpus.")
     p.add_argument("--data_dir", required=True)
@@ -285,7 +283,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.vocab_size <= len(control_pieces()) + 256 + 5:
         p.error(f"--vocab_size={a.vocab_size} leaves no room beyond the control and byte pieces")
-    path = train_sentencepiece(a.data_dir, a.out, a.vocab_size)
+    texts = (t for r in load_split(a.data_dir, "train") for t in (r["prompt"], r["response"]))
+    path = train_sentencepiece(texts, a.out, a.vocab_size)
     print(f"wrote {path}; set --config.data.tokenizer={path} and config.model.vocab_size >= "
           f"{SentencePieceTokenizer(path).vocab_size}")
     return 0

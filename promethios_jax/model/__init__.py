@@ -1,4 +1,7 @@
 """The governance transformer (Flax NNX): Llama backbone, telemetry conditioning, heads."""
+import math
+
+import jax
 from flax import nnx
 
 # Parameters carry logical axis names only; the sharding module maps them onto the mesh.
@@ -14,9 +17,5 @@ __all__ = ["GovernanceTransformer", "ModelOutput", "ModelSpec", "layer_location"
 
 def param_count(model_cfg) -> int:
     """Parameters of the model a config describes, counted abstractly (nothing allocated)."""
-    import math
-
-    import jax
-
     abstract = nnx.eval_shape(lambda: GovernanceTransformer(model_cfg, rngs=nnx.Rngs(0)))
     return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from promethios_jax.model import heads as heads_lib
 from promethios_jax.model.layers import RMSNorm, param
 from promethios_jax.model.spec import ModelSpec
 
@@ -69,42 +70,32 @@ class Head(nnx.Module):
 
 
 class GovernanceHeads(nnx.Module):
-    """HITL, decision, confidence and bias read the final normed state at the head
-    positions; uncertainty and tool read the mean of their layer ranges' outputs there."""
+    """One `Head` per entry of the heads registry: a head with `pools` reads the mean of
+    its layer range's outputs at the head positions (through its own input norm), the
+    others read the final normed state there."""
 
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
-        self.hitl = Head(spec, 1, rngs=rngs)
-        self.decision = Head(spec, spec.n_decisions, rngs=rngs)
-        self.confidence = Head(spec, spec.n_confidence, rngs=rngs)
-        self.bias = Head(spec, spec.n_bias, rngs=rngs)
-        self.uncertainty = Head(spec, spec.n_uncertainty, rngs=rngs, norm=True)
-        self.tool = Head(spec, spec.n_tools, rngs=rngs, norm=True)
-        self.uncertainty_layers = tuple(spec.uncertainty_layers)
-        self.tool_layers = tuple(spec.tool_layers)
+        self.spec = spec
+        for h in heads_lib.build_order():
+            setattr(self, h.name, Head(spec, h.width(spec), rngs=rngs, norm=h.pools is not None))
 
-    def __call__(self, final, layer_reads):
-        """final [B, S, D] (normed); layer_reads [n_layers, B, S, D] (each layer's output)."""
-
-        def pool(lo_hi):
-            lo, hi = lo_hi  # 1-based inclusive → layer_reads[lo-1 : hi]
-            return jnp.mean(layer_reads[lo - 1:hi].astype(jnp.float32), axis=0)
-
-        return {
-            "hitl_logits": self.hitl(final)[..., 0],
-            "decision_logits": self.decision(final),
-            "confidence_logits": self.confidence(final),
-            "bias_logits": self.bias(final),
-            "uncertainty_logits": self.uncertainty(pool(self.uncertainty_layers)),
-            "tool_logits": self.tool(pool(self.tool_layers)),
-        }
-
-
-LOSS_PARTS = ("lm", "hitl", "decision", "confidence", "uncertainty", "bias", "tool")
+    def __call__(self, final, layer_reads) -> dict:
+        """final [B, S, D] (normed); layer_reads [n_layers, B, S, D] (each layer's output).
+        Returns {head name: logits [B, S, width]}, a binary head's logit squeezed to [B, S]."""
+        out = {}
+        for h in heads_lib.HEADS:
+            x = final
+            if h.pools is not None:
+                lo, hi = getattr(self.spec, h.pools)  # 1-based inclusive -> layer_reads[lo-1 : hi]
+                x = jnp.mean(layer_reads[lo - 1:hi].astype(jnp.float32), axis=0)
+            logits = getattr(self, h.name)(x)
+            out[h.name] = logits[..., 0] if h.kind == "binary" else logits
+        return out
 
 
 class LossLogVars(nnx.Module):
     """Learned log-variances s_k (Kendall, Gal & Cipolla 2018), one scalar per loss part."""
 
     def __init__(self):
-        for k in LOSS_PARTS:
+        for k in heads_lib.LOSS_PARTS:
             setattr(self, k, nnx.Param(jnp.zeros((), jnp.float32), out_sharding=()))

@@ -8,19 +8,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from promethios_jax.model.governance import LOSS_PARTS
+from promethios_jax.model import heads as heads_lib
 
-PARTS = LOSS_PARTS  # lm, hitl, decision, confidence, uncertainty, bias, tool
-
-# Head part → (output field, label key, kind).
-_HEADS = {
-    "hitl": ("hitl_logits", "hitl", "binary"),
-    "decision": ("decision_logits", "decision", "softmax"),
-    "confidence": ("confidence_logits", "confidence", "softmax"),
-    "tool": ("tool_logits", "tool", "softmax"),
-    "uncertainty": ("uncertainty_logits", "uncertainty", "soft_multilabel"),
-    "bias": ("bias_logits", "bias", "soft_multilabel"),
-}
+PARTS = heads_lib.LOSS_PARTS  # lm, then each registry head
 
 
 def _f32(x):
@@ -62,20 +52,21 @@ def _head_losses(logits, labels, kind):
 def loss_sums(outputs, batch) -> dict:
     """Summed (not averaged) loss of each part over this batch; see loss_counts."""
     sums = {"lm": jnp.sum(lm_token_losses(outputs.logits, batch["targets"]) * _f32(batch["loss_mask"]))}
-    for part, (field, key, kind) in _HEADS.items():
-        if key not in batch:
-            sums[part] = jnp.zeros((), jnp.float32)
+    for h in heads_lib.HEADS:
+        if h.label_key not in batch:
+            sums[h.name] = jnp.zeros((), jnp.float32)
             continue
-        per_slot = _head_losses(getattr(outputs, field), batch[key], kind)
-        sums[part] = jnp.sum(per_slot * _label_mask(batch, key, kind))
+        per_slot = _head_losses(outputs.heads[h.name], batch[h.label_key], h.kind)
+        sums[h.name] = jnp.sum(per_slot * _label_mask(batch, h.label_key, h.kind))
     return sums
 
 
 def loss_counts(batch) -> dict:
     """The denominators matching loss_sums: response tokens, and labelled head slots."""
     counts = {"lm": jnp.sum(_f32(batch["loss_mask"]))}
-    for part, (_, key, kind) in _HEADS.items():
-        counts[part] = jnp.sum(_label_mask(batch, key, kind)) if key in batch else jnp.zeros((), jnp.float32)
+    for h in heads_lib.HEADS:
+        key = h.label_key
+        counts[h.name] = jnp.sum(_label_mask(batch, key, h.kind)) if key in batch else jnp.zeros((), jnp.float32)
     return counts
 
 

@@ -12,8 +12,8 @@ Parameter tree (nnx.split(model, nnx.Param)); segment k holds layers segments[k]
   lm_head.kernel                                      [D, V]          (absent when tie_embeddings)
   telemetry_encoder.fc1.{kernel,bias}                 [T, W], [W]
   telemetry_encoder.anchor_proj.{kernel,bias}         [A, W, D], [A, D]
-  heads.{hitl,decision,confidence,bias,uncertainty,tool}.fc{1,2}.{kernel,bias}
-  heads.{uncertainty,tool}.norm.scale                 [D]
+  heads.<name>.fc{1,2}.{kernel,bias}                 (one per model/heads.py entry)
+  heads.<name>.norm.scale                             [D]   (heads that pool a layer range)
   loss_log_vars.<part>                                []              (only with learned loss weights)
 """
 from __future__ import annotations
@@ -32,12 +32,14 @@ from promethios_jax.model.spec import ModelSpec
 @flax.struct.dataclass
 class ModelOutput:
     logits: jax.Array  # [B, L, V] float32
-    hitl_logits: jax.Array  # [B, S]
-    decision_logits: jax.Array  # [B, S, n_decisions]
-    confidence_logits: jax.Array  # [B, S, n_confidence]
-    uncertainty_logits: jax.Array  # [B, S, n_uncertainty]
-    bias_logits: jax.Array  # [B, S, n_bias]
-    tool_logits: jax.Array  # [B, S, n_tools]
+    heads: dict  # head name (model/heads.py) -> float32 [B, S, width]; a binary head's [B, S]
+
+    def __getattr__(self, name):
+        # `out.<head>_logits` reads heads[<head>] (the names the loss and eval used before the registry).
+        heads = self.__dict__.get("heads")
+        if heads is not None and name.endswith("_logits") and name[:-len("_logits")] in heads:
+            return heads[name[:-len("_logits")]]
+        raise AttributeError(f"ModelOutput has no attribute {name!r}")
 
 
 class Embedding(nnx.Module):
@@ -162,5 +164,5 @@ class GovernanceTransformer(nnx.Module):
         logits = jnp.einsum("bld,dv->blv", hn, kernel, preferred_element_type=jnp.float32)
         rows = jnp.arange(b)[:, None]
         heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0))
-        out = ModelOutput(logits=logits.astype(jnp.float32), **heads)
+        out = ModelOutput(logits=logits.astype(jnp.float32), heads=heads)
         return out, (None if cache is None else new_cache)

@@ -1,8 +1,10 @@
-"""The model's hyper-parameters as a frozen, hashable value.
+"""The model's hyper-parameters as a frozen, hashable value: the one declaration of the
+model keys, their defaults and their checks.
 
-`config.model` is an ml_collections ConfigDict (mutable, unhashable); the model keeps this
-frozen copy instead so that its GraphDef stays hashable for `jax.jit` and so that every
-default lives in one place (configs written before a key existed still load).
+`config.model` (an ml_collections ConfigDict, mutable and unhashable) is built from these
+defaults by `config.base_config()` and validated by `check()`; the model keeps this
+frozen copy so that its GraphDef stays hashable for `jax.jit`, and configs written before
+a key existed still load with its default.
 """
 from __future__ import annotations
 
@@ -10,7 +12,14 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from promethios_jax.model.heads import POOL_KEYS
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION_IMPLS = ("xla", "cudnn")
+ROPE_SCALING_TYPES = ("", "linear", "llama3")
+# Activation checkpointing of each decoder layer (backbone.transformer.remat_policy):
+# none; full (save nothing); or a jax.checkpoint_policies name.
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +32,7 @@ class ModelSpec:
     head_dim: int = 0  # 0: d_model // n_heads
     d_ff: int = 384
     rope_theta: float = 10000.0
-    # RoPE frequency scaling as in HF `rope_scaling`: "" (none), "linear" or "llama3".
+    # RoPE frequency scaling as in HF `rope_scaling` (for Llama 3.x imports): "" (none), "linear" or "llama3".
     rope_scaling_type: str = ""
     rope_scaling_factor: float = 1.0
     rope_low_freq_factor: float = 1.0
@@ -34,15 +43,16 @@ class ModelSpec:
     max_seq_len: int = 512
     compute_dtype: str = "float32"
     param_dtype: str = "float32"
-    attention_impl: str = "xla"
-    remat_policy: str = "none"
+    attention_impl: str = "xla"  # ATTENTION_IMPLS
+    remat_policy: str = "none"  # REMAT_POLICIES
     scan_layers: bool = True
+    # 1-based layer numbers; conditioning is added to the residual stream entering them.
     anchor_layers: tuple = (2, 4)
-    uncertainty_layers: tuple = (3, 4)
-    tool_layers: tuple = (3, 4)
-    telemetry_dim: int = 30  # data.schema.TELEMETRY_DIM
+    uncertainty_layers: tuple = (3, 4)  # inclusive 1-based range the uncertainty head pools
+    tool_layers: tuple = (3, 4)  # inclusive 1-based range the tool head pools
+    telemetry_dim: int = 30  # == data.schema.TELEMETRY_DIM
     telemetry_hidden: int = 0  # 0: d_model
-    head_hidden: int = 0  # 0: d_model
+    head_hidden: int = 0  # hidden width of each governance head's MLP; 0: d_model
     n_decisions: int = 4
     n_tools: int = 6
     n_confidence: int = 4
@@ -98,21 +108,29 @@ class ModelSpec:
         return tuple((s, e) for s, e in zip(bounds[:-1], bounds[1:]))
 
     def check(self) -> None:
+        """Raises ValueError naming the `config.model` key of the first value that cannot work."""
+        if min(self.d_model, self.n_layers, self.n_heads, self.n_kv_heads) <= 0:
+            raise ValueError("config.model: d_model, n_layers, n_heads and n_kv_heads must be positive")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ValueError(f"config.model.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if not self.head_dim and self.d_model % self.n_heads:
+            raise ValueError(f"config.model.d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.hd % 2:
-            raise ValueError(f"head_dim={self.hd} must be even for RoPE")
+            raise ValueError(f"config.model.head_dim={self.hd} must be even for RoPE")
+        for key in ("compute_dtype", "param_dtype"):
+            if getattr(self, key) not in _DTYPES:
+                raise ValueError(f"config.model.{key}={getattr(self, key)!r}: use one of {list(_DTYPES)}")
+        for key, allowed in (("attention_impl", ATTENTION_IMPLS), ("remat_policy", REMAT_POLICIES),
+                             ("rope_scaling_type", ROPE_SCALING_TYPES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config.model.{key}={getattr(self, key)!r}: use one of {list(allowed)}")
         for a in self.anchor_layers:
             if not 1 <= a <= self.n_layers:
-                raise ValueError(f"anchor layer {a} is outside 1..{self.n_layers}")
-        for name in ("uncertainty_layers", "tool_layers"):
-            lo, hi = getattr(self, name)
+                raise ValueError(f"config.model.anchor_layers: {a} is outside 1..{self.n_layers}")
+        for key in POOL_KEYS:
+            lo, hi = getattr(self, key)
             if not 1 <= lo <= hi <= self.n_layers:
-                raise ValueError(f"{name}={[lo, hi]}: need 1 <= first <= last <= {self.n_layers}")
-        if self.attention_impl not in ("xla", "cudnn"):
-            raise ValueError(f"attention_impl={self.attention_impl!r}: use 'xla' or 'cudnn'")
-        if self.rope_scaling_type not in ("", "linear", "llama3"):
-            raise ValueError(f"rope_scaling_type={self.rope_scaling_type!r}: use '', 'linear' or 'llama3'")
+                raise ValueError(f"config.model.{key}={[lo, hi]}: need 1 <= first <= last <= {self.n_layers}")
 
 
 def segment_bounds(model_cfg) -> tuple:

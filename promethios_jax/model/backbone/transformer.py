@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from promethios_jax.model.layers import MLP, Attention, RMSNorm
-from promethios_jax.model.spec import ModelSpec
+from promethios_jax.model.spec import REMAT_POLICIES, ModelSpec
 
 
 @dataclasses.dataclass
@@ -49,20 +49,15 @@ class DecoderBlock(nnx.Module):
         return h, cache
 
 
-_POLICIES = {
-    "full": None,  # save nothing: recompute the whole layer in the backward pass
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 def remat_policy(name: str):
-    """(use_remat, policy) for config.model.remat_policy."""
+    """(use_remat, policy) for config.model.remat_policy (spec.REMAT_POLICIES): "full"
+    saves nothing and recomputes the whole layer in the backward pass; the other names
+    are jax.checkpoint_policies."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={name!r}: use one of {list(REMAT_POLICIES)}")
     if name == "none":
         return False, None
-    if name not in _POLICIES:
-        raise ValueError(f"remat_policy={name!r}: use one of {['none', *_POLICIES]}")
-    return True, _POLICIES[name]
+    return True, None if name == "full" else getattr(jax.checkpoint_policies, name)
 
 
 def run_segment(stack: DecoderBlock, h, ctx: Context, head_positions, spec: ModelSpec, cache=None,

@@ -1,0 +1,114 @@
+"""Packing examples into rows: fitting an example to the row length, the per-epoch
+packing plan, and writing an example into a batch row (data/batch.py's fields).
+
+Examples longer than `max_seq_len` first lose the tail of their request text (the tags
+and the <assess> token stay), then the tail of their response; `fit` returns None for
+one that cannot keep its tags, <assess> and one response token.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from promethios_jax.data import schema
+from promethios_jax.data.tokenizer import encode_example_arrays
+
+PACK_WINDOW = 16  # open rows first-fit considers; older rows are closed
+
+
+def prefix_len(prompt_ids: np.ndarray, tokenizer) -> int:
+    """Tokens up to and including the last governance tag (<bos> plus the tags)."""
+    gov = np.flatnonzero(tokenizer.is_control(prompt_ids))
+    return int(gov[-1]) + 1 if len(gov) else 1
+
+
+def fit(prompt_len: int, response_len: int, prefix_len: int, max_len: int) -> tuple[int, int] | None:
+    """(request tokens to cut, response tokens to cut) to fit `max_len`; None if it cannot."""
+    over = prompt_len + response_len - max_len
+    if over <= 0:
+        return 0, 0
+    cut_req = min(over, prompt_len - prefix_len - 1)  # never the tags, never <assess>
+    cut_resp = over - cut_req
+    if cut_resp >= response_len:
+        return None
+    return cut_req, cut_resp
+
+
+def encode_fitted(rec: dict, tokenizer, max_len: int):
+    """(prompt, response) ids fitted to `max_len`, or None if the example cannot fit."""
+    prompt, response = encode_example_arrays(rec, tokenizer)
+    cuts = fit(len(prompt), len(response), prefix_len(prompt, tokenizer), max_len)
+    if cuts is None:
+        return None
+    cut_req, cut_resp = cuts
+    if cut_req:
+        prompt = np.concatenate([prompt[:len(prompt) - 1 - cut_req], prompt[-1:]])
+    if cut_resp:
+        response = response[:len(response) - cut_resp]
+    return prompt, response
+
+
+def _labels(rec: dict) -> tuple:
+    lab = rec["labels"]
+    return (int(lab["hitl"]), schema.DECISIONS.index(lab["decision"]),
+            schema.CONFIDENCE_BANDS.index(lab["confidence"]), schema.TOOLS.index(lab["tool"]),
+            schema.CONFLICTS.index(lab["conflict"]),
+            [float(lab["uncertainty"][k]) for k in schema.UNCERTAINTY_DIMS],
+            [float(lab["bias"][k]) for k in schema.BIAS_CATEGORIES])
+
+
+def place(out: dict, row: int, slot: int, offset: int, seg_id: int, rec: dict, prompt, response) -> int:
+    """Writes one example into `out[row]` at `offset` as segment `seg_id`; returns its length."""
+    n_p, n = len(prompt), len(prompt) + len(response)
+    end = offset + n
+    tok = out["tokens"][row]
+    tok[offset:offset + n_p] = prompt
+    tok[offset + n_p:end] = response
+    out["targets"][row, offset:end - 1] = tok[offset + 1:end]  # the last target stays <pad>, unmasked
+    out["loss_mask"][row, offset + n_p - 1:end - 1] = 1.0  # targets that are response tokens
+    out["segment_ids"][row, offset:end] = seg_id
+    out["positions"][row, offset:end] = np.arange(n, dtype=np.int32)
+    out["telemetry"][row, offset:end] = schema.telemetry_vector(rec["telemetry"], rec["domain"])
+    out["head_positions"][row, slot] = offset + n_p - 1  # the <assess> token
+    out["head_mask"][row, slot] = 1.0
+    hitl, decision, confidence, tool, conflict, unc, bias = _labels(rec)
+    out["hitl"][row, slot], out["decision"][row, slot] = hitl, decision
+    out["confidence"][row, slot], out["tool"][row, slot], out["conflict"][row, slot] = confidence, tool, conflict
+    out["uncertainty"][row, slot], out["bias"][row, slot] = unc, bias
+    return n
+
+
+def pack_plan(lengths: np.ndarray, seed: int, epoch: int, max_len: int, max_segments: int,
+              window: int = PACK_WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's rows as CSR (members, row_starts): first-fit over a seeded shuffle.
+
+    `lengths[i] <= 0` marks an example that is skipped. Rows are numbered in the order
+    they open; members keep their insertion order.
+    """
+    lengths = np.asarray(lengths)
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(lengths))
+    order = order[lengths[order] > 0]
+    lens = lengths.tolist()
+    min_len = int(lengths[lengths > 0].min()) if len(order) else 1
+    rows: list[list[int]] = []
+    space: list[int] = []
+    opened: list[int] = []
+    for i in order.tolist():
+        n = lens[i]
+        for r in opened:
+            if space[r] >= n:
+                rows[r].append(i)
+                space[r] -= n
+                if space[r] < min_len or len(rows[r]) >= max_segments:
+                    opened.remove(r)
+                break
+        else:
+            rows.append([i])
+            space.append(max_len - n)
+            if space[-1] >= min_len and max_segments > 1:
+                opened.append(len(rows) - 1)
+                if len(opened) > window:
+                    opened.pop(0)
+    starts = np.zeros(len(rows) + 1, np.int64)
+    starts[1:] = np.cumsum([len(r) for r in rows])
+    members = np.fromiter((i for r in rows for i in r), np.int64, count=int(starts[-1]))
+    return members, starts
