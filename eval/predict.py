@@ -37,21 +37,23 @@ def _forward_fn(model):
     """A jitted forward over (params state, batch) returning per-example columns: every
     head's probabilities (`<head>`), the response NLL sum and its token count."""
     graphdef, state = nnx.split(model)
-    if graphdef in _FORWARD_CACHE:
-        return _FORWARD_CACHE[graphdef], state
+    mesh = _mesh_of(state)
+    if (graphdef, mesh) in _FORWARD_CACHE:
+        return _FORWARD_CACHE[graphdef, mesh], state
 
     @jax.jit
     def fwd(state, batch):
         m = nnx.merge(graphdef, state)
-        out = m(batch["tokens"], telemetry=batch["telemetry"], segment_ids=batch["segment_ids"],
-                positions=batch["positions"], head_positions=batch["head_positions"])
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the cuDNN path pins q/k/v to it
+            out = m(batch["tokens"], telemetry=batch["telemetry"], segment_ids=batch["segment_ids"],
+                    positions=batch["positions"], head_positions=batch["head_positions"])
         mask = batch["loss_mask"].astype(jnp.float32)
         nll = lm_token_losses(out.logits, batch["targets"]) * mask
         # S == 1: one example per row.
         cols = {h.name: heads_lib.probabilities(h, out.heads[h.name][:, 0]) for h in heads_lib.HEADS}
         return {**cols, "nll_sum": nll.sum(axis=-1), "tokens": mask.sum(axis=-1)}
 
-    _FORWARD_CACHE[graphdef] = fwd
+    _FORWARD_CACHE[graphdef, mesh] = fwd
     return fwd, state
 
 
