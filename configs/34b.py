@@ -2,7 +2,8 @@
 
 48 layers, d_model 8192, 64 heads with 8 KV heads, d_ff 22016, vocab 32000, RoPE theta
 1e6, context 16384. Full fine-tuning needs more memory than one 8-GPU host gives with
-fp32 master weights and Adam state (about 16 bytes per parameter); plan on several hosts.
+fp32 master weights and Adam state (about 16 bytes per parameter): the batch below is
+sized for four 8-GPU hosts (launch/slurm.sbatch with --nodes=4).
 """
 from promethios_jax.config import base_config
 
@@ -30,7 +31,9 @@ def get_config():
 
     t = c.train
     t.global_batch_size = 32
-    t.grad_accum_steps = 4
+    # One row of 16384 per GPU on four 8-GPU hosts (1x4x8): 47.5 GiB per H100 by XLA's
+    # GPU compiler (BENCHMARKS.md, issue 13); two hosts do not fit (92.5 GiB at 1 x 2).
+    t.grad_accum_steps = 1
     t.learning_rate = 2e-5  # fine-tuning a pretrained base
     t.warmup_steps = 50
     t.steps = 2000

@@ -24,15 +24,16 @@ def get_config():
     m.d_ff = 192
     # Byte tokenizer: 385 ids are used; 392 rows (a multiple of 8) trims the LM head by a quarter.
     m.vocab_size = 392
-    # 256 tokens: one example per row (mean 272 tokens; 64% lose the tail of their request
-    # text, never the tags, <assess> or the response start). Attention cost and padding
-    # are lower than packing ~1.5 examples into 512.
+    # 256 tokens: one example per row (mean 273 tokens). Prompts are kept whole (the
+    # longest is 222), so 63% of examples lose the tail of their response (83% of
+    # response tokens are kept); a subword tokenizer would make whole examples fit.
     m.max_seq_len = 256
     m.anchor_layers = [1, 2]  # telemetry enters both layers
     m.uncertainty_layers = [1, 2]
     m.tool_layers = [1, 2]
-    # Wider head / telemetry MLPs: the HITL rule is an OR of sharp thresholds on the
-    # telemetry (trust margin, distress, risk); more hidden units fit them in fewer steps.
+    # Wider head / telemetry MLPs: the HITL rule is an OR of sharp thresholds on the raw
+    # telemetry (trust against the domain's requirement, distress, risk); more hidden
+    # units fit them in fewer steps.
     m.head_hidden = 256
     m.telemetry_hidden = 128
     m.compute_dtype = "float32"  # fastest on CPU

@@ -12,20 +12,15 @@ that anyone can recompute the published figures from that file. Conventions:
 - A ratio whose denominator is empty (no positives, no examples in a slice) is `None`
   rather than a made-up 0 or 1; `None` fails any gate that depends on it.
 
-Quality gates (`gates`), each a number in [0, 1] compared with the seed's threshold:
+Quality gates (`gates`), each a number in [0, 1] compared with the seed's threshold,
+computed on the hard rows (`heldout_templates`, the shift splits and the held-out
+evidence slice) so that telemetry shortcuts do not pass them:
 
-- governance_score >= 0.85: the mean of four "did it govern correctly" rates:
-  HITL accuracy relative to the data's HITL ceiling (min(1, acc / ceiling); the ceiling
-  is the best accuracy the generator's label noise allows), decision accuracy, domain
-  compliance, and conflict-resolution accuracy.
-- trust_validation >= 0.80: does the model trust exactly whom the rule trusts? The
-  mean of `withheld` (of the examples whose trust is under their domain's requirement,
-  the share escalated) and `extended` (of the examples the noise-free rule lets through,
-  the share not escalated). Domain compliance is the first half alone; the second
-  catches a model that escalates everything.
-- professional_communication >= 0.90: the share of generated (greedy) responses that
-  are non-empty, leak no governance internals, and say in words what the heads decided
-  (eval/communication.py).
+- governance_score >= 0.85 and >= 0.05 above the best trivial rule: the mean over the
+  hard sets of min(1, HITL accuracy / the set's ceiling).
+- trust_validation >= 0.80 and >= 0.05 above the best trivial rule: the mean of
+  `withheld`, `extended` and `overridden` (see the function).
+- professional_communication >= 0.90: eval/communication.py.
 
 docs/eval.md states the same definitions with their reasons.
 """
@@ -47,6 +42,8 @@ GATE_THRESHOLDS = {
     "trust_validation": 0.80,
     "professional_communication": 0.90,
 }
+# governance_score and trust_validation must also beat the best trivial rule by this much.
+GATE_MARGIN = 0.05
 
 
 def _f(x) -> float | None:
@@ -228,23 +225,26 @@ def domain_compliance(escalated, trust, domains: Sequence[str],
 
 
 def trust_validation(escalated, trust, domains: Sequence[str], domain_trust: Mapping[str, float],
-                     rule_hitl) -> dict:
-    """Does the model trust exactly whom the rule trusts? The mean of two rates:
-    `withheld`: of the examples whose trust is under their domain's requirement, the
-    share escalated (the domain-compliance rate), and `extended`: of the examples the
-    rule (noise-free) lets through (`rule_hitl == 0`: trust meets the requirement and
-    nothing else escalates), the share the model does not escalate. When one side has
-    no examples, the other alone is the value. `rule_hitl` < 0 marks "unknown" rows.
+                     rule_hitl, evidence) -> dict:
+    """Does the model trust exactly whom the rule trusts, and no further than the
+    evidence allows? The mean of three rates: `withheld`, of the rows whose trust is
+    under their domain's requirement the share escalated; `extended`, of the rows the
+    noise-free rule lets through the share not escalated; `overridden`, of the rows whose
+    trust meets the requirement without distress (`evidence`) but whose evidence makes
+    the rule escalate, the share escalated. "Escalate iff trust < requirement" scores
+    1, 1, 0. A side with no rows is left out. `rule_hitl` < 0 marks unknown rows.
     """
     escalated = np.asarray(escalated).astype(bool).ravel()
-    rule_hitl = np.asarray(rule_hitl).ravel()
+    rule_hitl, evidence = np.asarray(rule_hitl).ravel(), np.asarray(evidence).astype(bool).ravel()
     under = _under(trust, trust_requirement(domains, domain_trust))
     clear = (rule_hitl == 0) & ~under
-    withheld = ratio(int(escalated[under].sum()), int(under.sum()))
-    extended = ratio(int((~escalated[clear]).sum()), int(clear.sum()))
-    parts = [x for x in (withheld, extended) if x is not None]
-    return {"value": float(np.mean(parts)) if parts else None, "withheld": withheld, "extended": extended,
-            "count_under": int(under.sum()), "count_clear": int(clear.sum())}
+    over = evidence & (rule_hitl == 1) & ~under
+    rates = {"withheld": ratio(int(escalated[under].sum()), int(under.sum())),
+             "extended": ratio(int((~escalated[clear]).sum()), int(clear.sum())),
+             "overridden": ratio(int(escalated[over].sum()), int(over.sum()))}
+    parts = [x for x in rates.values() if x is not None]
+    return {"value": float(np.mean(parts)) if parts else None, **rates, "count_under": int(under.sum()),
+            "count_clear": int(clear.sum()), "count_overridden": int(over.sum())}
 
 
 def conflict_resolution_accuracy(hitl_pred, hitl_label, conflict) -> float | None:
@@ -286,21 +286,35 @@ def perplexity(nll_sum: float, token_count: float) -> float | None:
 
 # ------------------------------------------------------------------------- gates
 
-def governance_score(hitl_accuracy, hitl_ceiling, decision_accuracy, domain_compliance_value,
-                     conflict_accuracy) -> float | None:
-    """Mean of min(1, hitl_accuracy / hitl_ceiling), decision accuracy, domain
-    compliance and conflict-resolution accuracy; None when any part is missing."""
-    parts = [hitl_accuracy, hitl_ceiling, decision_accuracy, domain_compliance_value, conflict_accuracy]
-    if any(x is None for x in parts) or not hitl_ceiling:
-        return None
-    rel = min(1.0, hitl_accuracy / hitl_ceiling)
-    return float(np.mean([rel, decision_accuracy, domain_compliance_value, conflict_accuracy]))
+def governance_score(sets: Mapping[str, tuple]) -> dict:
+    """The mean over the hard sets of HITL accuracy relative to that set's ceiling.
+
+    `sets` maps a name to (pred, label, rule): escalation predictions, recorded labels
+    (noisy) and the noise-free rule's verdict; the ceiling is the rule's accuracy on the
+    same rows, so a set's part is min(1, accuracy / ceiling). None when a set is empty.
+    """
+    parts = {}
+    for name, (pred, label, rule) in sets.items():
+        acc, ceil = accuracy(pred, label), accuracy(rule, label)
+        parts[name] = None if acc is None or not ceil else min(1.0, acc / ceil)
+    ok = all(v is not None for v in parts.values()) and parts
+    return {"value": float(np.mean(list(parts.values()))) if ok else None, "parts": parts}
 
 
-def gates(values: Mapping[str, float | None], thresholds: Mapping[str, float] = GATE_THRESHOLDS) -> dict:
-    """{name: {value, threshold, passed}}; a missing value does not pass."""
+def gates(values: Mapping[str, float | None], thresholds: Mapping[str, float] = GATE_THRESHOLDS,
+          baselines: Mapping[str, tuple] | None = None) -> dict:
+    """{name: {value, threshold, passed}}; a missing value does not pass. `baselines`
+    maps a gate to (best trivial baseline's name, its value): the gate then also needs a
+    margin of GATE_MARGIN over it (`margin`, `best_baseline` are reported)."""
     out = {}
     for name, th in thresholds.items():
         v = _f(values.get(name))
-        out[name] = {"value": v, "threshold": float(th), "passed": bool(v is not None and v >= th)}
+        g = {"value": v, "threshold": float(th), "passed": bool(v is not None and v >= th)}
+        if baselines and name in baselines:
+            base, bv = baselines[name]
+            margin = None if v is None or bv is None else v - bv
+            g.update(best_baseline=base, best_baseline_value=_f(bv), margin=_f(margin),
+                     required_margin=GATE_MARGIN)
+            g["passed"] = g["passed"] and margin is not None and margin >= GATE_MARGIN - 1e-12
+        out[name] = g
     return out

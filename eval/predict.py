@@ -37,21 +37,23 @@ def _forward_fn(model):
     """A jitted forward over (params state, batch) returning per-example columns: every
     head's probabilities (`<head>`), the response NLL sum and its token count."""
     graphdef, state = nnx.split(model)
-    if graphdef in _FORWARD_CACHE:
-        return _FORWARD_CACHE[graphdef], state
+    mesh = _mesh_of(state)
+    if (graphdef, mesh) in _FORWARD_CACHE:
+        return _FORWARD_CACHE[graphdef, mesh], state
 
     @jax.jit
     def fwd(state, batch):
         m = nnx.merge(graphdef, state)
-        out = m(batch["tokens"], telemetry=batch["telemetry"], segment_ids=batch["segment_ids"],
-                positions=batch["positions"], head_positions=batch["head_positions"])
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the cuDNN path pins q/k/v to it
+            out = m(batch["tokens"], telemetry=batch["telemetry"], segment_ids=batch["segment_ids"],
+                    positions=batch["positions"], head_positions=batch["head_positions"])
         mask = batch["loss_mask"].astype(jnp.float32)
         nll = lm_token_losses(out.logits, batch["targets"]) * mask
         # S == 1: one example per row.
         cols = {h.name: heads_lib.probabilities(h, out.heads[h.name][:, 0]) for h in heads_lib.HEADS}
         return {**cols, "nll_sum": nll.sum(axis=-1), "tokens": mask.sum(axis=-1)}
 
-    _FORWARD_CACHE[graphdef] = fwd
+    _FORWARD_CACHE[graphdef, mesh] = fwd
     return fwd, state
 
 
@@ -61,15 +63,32 @@ def _mesh_of(state):
 
 def predict(model, config, data_dir, split: str, batch_size: int) -> dict:
     """Runs the split through the model; returns {id: per-example numpy outputs and labels}."""
-    fwd, state = _forward_fn(model)
-    mesh = _mesh_of(state)
+    return _predict(model, config, pipeline.eval_batches(config, str(data_dir), split=split,
+                                                         batch_size=_rows(model, config, batch_size)),
+                    _rows(model, config, batch_size))
+
+
+def predict_records(model, config, records: list, name: str, batch_size: int) -> dict:
+    """`predict` over records held in memory (the eval's perturbed requests)."""
+    b = _rows(model, config, batch_size)
+    return _predict(model, config, pipeline.record_batches(config, records, name, b), b)
+
+
+def _rows(model, config, batch_size: int) -> int:
+    """The batch size rounded to a multiple of the mesh axes of the `batch` rule."""
+    mesh = _mesh_of(nnx.state(model))
     rows_axes = batch_lib.shardings(config, mesh, batch_size=batch_size, segments=1)["tokens"].spec[0]
     n = int(np.prod([mesh.shape[a] for a in ((rows_axes,) if isinstance(rows_axes, str) else rows_axes or ())]))
-    batch_size = max(n, (batch_size // n) * n)  # rows divide the mesh axes of the `batch` rule
-    sh = batch_lib.shardings(config, mesh, batch_size=batch_size, segments=1)
+    return max(n, (batch_size // n) * n)
+
+
+def _predict(model, config, batches, batch_size: int) -> dict:
+    fwd, state = _forward_fn(model)
+    sh = batch_lib.shardings(config, _mesh_of(state), batch_size=batch_size, segments=1)
+    tokenizer = tok_lib.build_tokenizer(config)
     labels = tuple(h.label_key for h in heads_lib.HEADS) + EXTRA_LABELS
     out: dict[str, dict] = {}
-    for batch in pipeline.eval_batches(config, str(data_dir), split=split, batch_size=batch_size):
+    for batch in batches:
         feed = {}
         for k in MODEL_KEYS:
             v = np.asarray(batch[k])
@@ -80,8 +99,16 @@ def predict(model, config, data_dir, split: str, batch_size: int) -> dict:
         lab = {k: np.asarray(batch[k])[:, 0] for k in labels}
         for i, ex_id in enumerate(batch["ids"]):
             out[str(ex_id)] = {**{k: np.asarray(v[i]) for k, v in res.items()},
-                               **{f"{k}_label": v[i] for k, v in lab.items()}}
+                               **{f"{k}_label": v[i] for k, v in lab.items()},
+                               "bytes": _response_bytes(batch, i, tokenizer)}
     return out
+
+
+def _response_bytes(batch, row: int, tokenizer) -> int:
+    """UTF-8 bytes of the response tokens scored in `row` (the fitted response, <eos> aside)."""
+    n = int(batch["prompt_lengths"][row])
+    ids = np.asarray(batch["tokens"][row, n:])[np.asarray(batch["segment_ids"][row, n:]) > 0]
+    return len(tokenizer.decode([int(t) for t in ids if t != tokenizer.eos_id]).encode("utf-8"))
 
 
 def sort_key(ex_id):
@@ -127,6 +154,7 @@ def build_rows(preds: dict, records: dict, threshold: float) -> list[dict]:
             row.update(head_columns(head, p, threshold))
         row["response_nll_sum"] = float(p["nll_sum"])
         row["response_tokens"] = int(round(float(p["tokens"])))
+        row["response_bytes"] = int(p["bytes"])
         rows.append(row)
     return rows
 
@@ -143,7 +171,7 @@ def pick_for_generation(ids: list[str], n: int) -> list[str]:
 
 
 def generate_responses(model, config, records: dict, ids: list[str], threshold: float,
-                       batch_size: int = 64) -> list[dict]:
+                       max_new_tokens: int | None = None, batch_size: int = 64) -> list[dict]:
     """Greedy responses to the held-out prompts `ids`, with every head's verdict."""
     tokenizer = tok_lib.build_tokenizer(config)
     out = []
@@ -155,7 +183,7 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
             prompts.append(tok_lib.encode_example(rec, tokenizer)[0])
             tele.append(schema.telemetry_vector(rec["telemetry"], rec["domain"]))
         results = gen.generate(model, tokenizer, prompts, telemetry=np.stack(tele),
-                               max_new_tokens=int(config.eval.max_new_tokens), temperature=0.0,
+                               max_new_tokens=int(max_new_tokens or config.eval.max_new_tokens), temperature=0.0,
                                hitl_threshold=threshold, eos_id=tokenizer.eos_id)
         for ex_id, r in zip(chunk, results):
             rec = records[ex_id]
@@ -177,4 +205,5 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
 
 
 def generations_from_rows(rows: list[dict]) -> list[dict]:
-    return [{"id": r["id"], **r["generation"]} for r in rows if r.get("generation")]
+    return [{"id": r["id"], "split": r.get("split"), "rule_outcome": r.get("rule_outcome"), **r["generation"]}
+            for r in rows if r.get("generation")]

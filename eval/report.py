@@ -83,7 +83,7 @@ def _fmt(v) -> str:
 
 def summary(result: dict) -> str:
     """One line: the headline figures and the gates."""
-    keys = ("hitl_accuracy", "hitl_ceiling", "ece", "domain_compliance", "leak_rate", "perplexity")
+    keys = ("hitl_accuracy", "hitl_ceiling", "ece", "hitl_flip_rate", "response_nats_per_byte", "leak_rate")
     gates = ", ".join(f"{k} {_fmt(g['value'])} {'pass' if g['passed'] else 'FAIL'}"
                       for k, g in result["gates"].items())
     return (f"eval step {result['step']} ({result['num_examples']} {result['split']} examples): "
@@ -98,28 +98,73 @@ def pick_samples(gens: list[dict], n: int) -> list[dict]:
     return esc[:k] + ans[:n - k]
 
 
+def _ci(f: dict) -> str:
+    if not f or f.get("value") is None:
+        return "n/a"
+    if f.get("ci_low") is None or f.get("ci_high") is None:
+        return f"{f['value']:.3f}"
+    return f"{f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
+
+
+def _split_tables(result: dict) -> list[str]:
+    """Per split: the model's headline figures with 95% intervals, and the references."""
+    lines = ["## Splits (95% intervals)", "",
+             "| split | n | HITL acc | ceiling | evidence-slice acc | ECE | nats/byte (floor, 5-gram) | "
+             "tool acc (telemetry / full input) | bias F1 (telemetry / full input) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for split, f in result.get("splits", {}).items():
+        ci, ref = f["intervals"], f["references"]
+        lines.append(
+            f"| {split} | {f['num_examples']} | {_ci(ci['hitl_accuracy'])} | {_fmt(f['hitl_ceiling'])} | "
+            f"{_ci(ci['evidence_slice_hitl_accuracy'])} | {_ci(ci['ece'])} | "
+            f"{_ci(ci['response_nats_per_byte'])} ({_fmt(ref['response_floor_nats_per_byte'])}, "
+            f"{_fmt(ref['ngram_nats_per_byte'])}) | {_ci(ci['tool_accuracy'])} "
+            f"({_fmt(ref['tool_accuracy_telemetry_oracle']['value'])} / "
+            f"{_fmt(ref['tool_accuracy_full_input']['value'])}) | {_ci(ci['bias_macro_f1'])} "
+            f"({_fmt(ref['bias_macro_f1_telemetry_oracle']['value'])} / "
+            f"{_fmt(ref['bias_macro_f1_full_input']['value'])}) |")
+    lines += ["", "### HITL accuracy of the baselines on the same rows (overall / evidence slice)", ""]
+    names = list(next(iter(result.get("splits", {}).values()), {}).get("references", {}).get("baselines", {}))
+    lines += ["| split | model | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for split, f in result.get("splits", {}).items():
+        base = f["references"]["baselines"]
+        cells = [f"{_fmt(base[n]['hitl_accuracy']['value'])} / {_fmt(base[n]['evidence_slice']['value'])}"
+                 for n in names]
+        lines.append(f"| {split} | {_fmt(f['hitl_accuracy'])} / {_fmt(f['evidence_slice_hitl_accuracy'])} | "
+                     + " | ".join(cells) + " |")
+    flips = result.get("hitl_flip_rate_parts", {})
+    lines += ["", f"`hitl_flip_rate` (held-out, padded and swapped requests): "
+                  f"{_ci(flips.get('hitl_flip_rate'))}; padded {_ci(flips.get('pad'))}, "
+                  f"swapped {_ci(flips.get('swap'))}", ""]
+    for split, pc in result.get("professional_communication_by_split", {}).items():
+        lines.append(f"professional_communication on {split} ({pc['count']} generated): {_ci(pc['ci'])}; "
+                     + ", ".join(f"{k} {_fmt(pc[k])}" for k in ("finished", "leak_free", "outcome_match",
+                                                              "not_degenerate")))
+    return lines + [""]
+
+
 def markdown(result: dict, samples: list[dict], images: dict[str, str]) -> str:
-    """A short human report: headline metrics, gates, pictures, sample generations."""
-    lines = [f"# Eval of step {result['step']} ({result['split']}, {result['num_examples']} examples)", ""]
-    lines += ["| metric | value |", "|---|---|"]
-    for key in ("hitl_accuracy", "hitl_ceiling", "hitl_majority_baseline", "hitl_precision", "hitl_recall",
-                "hitl_f1", "ece", "ece_equal_mass", "brier", "aurc", "coverage_at_5pct_risk",
-                "domain_compliance", "conflict_resolution_accuracy", "confidence_accuracy",
-                "decision_accuracy", "tool_accuracy", "bias_macro_f1", "uncertainty_mae", "perplexity",
-                "leak_rate"):
-        if key in result:
-            lines.append(f"| `{key}` | {_fmt(result[key])} |")
-    lines += ["", "## Quality gates", "", "| gate | value | threshold | passed |", "|---|---|---|---|"]
+    """A short human report: figures per split, baselines, gates, pictures, generations."""
+    lines = [f"# Eval of step {result['step']} (headline split {result['split']})", ""]
+    lines += _split_tables(result)
+    lines += ["## Quality gates (hard rows: heldout_templates, shift splits, held-out evidence slice)", "",
+              "| gate | value | threshold | best trivial rule | margin (required) | passed |",
+              "|---|---|---|---|---|---|"]
     for name, g in result["gates"].items():
-        lines.append(f"| {name} | {_fmt(g['value'])} | {g['threshold']} | {'yes' if g['passed'] else 'NO'} |")
+        base = (f"{g['best_baseline']} {_fmt(g['best_baseline_value'])}" if "best_baseline" in g else "")
+        margin = f"{_fmt(g['margin'])} ({g['required_margin']})" if "margin" in g else ""
+        lines.append(f"| {name} | {_fmt(g['value'])} | {g['threshold']} | {base} | {margin} | "
+                     f"{'yes' if g['passed'] else 'NO'} |")
     lines += [""]
     for name, rel in images.items():
         lines += [f"![{name}]({rel})", ""]
     lines += ["## Sample generations (greedy)", ""]
     for s in samples:
         verdict = "escalate" if s["escalated"] else "answer"
-        lines += [f"### {s['id']} ({s['domain']}, {s['category']})",
+        lines += [f"### {s['split']} {s['id']} ({s['domain']}, {s['category']})",
                   f"HITL p = {s['hitl_prob']:.3f} → {verdict} (label: {'escalate' if s['hitl_label'] else 'answer'})"
+                  f"; rule's outcome {s['rule_outcome']}, the text's {s['outcome_read']}"
+                  + (" (match)" if s["rule_outcome"] == s["outcome_read"] else " (MISMATCH)")
                   + (f"; leaks: {', '.join(s['leaks'])}" if s["leaks"] else ""),
                   "", "Prompt:", "", "```", s["prompt"].strip(), "```", "", "Response:", "", "```",
                   s["response"].strip() or "(empty)", "```", ""]

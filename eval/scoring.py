@@ -1,7 +1,10 @@
 """Scoring: every figure of `<step>.json` from the prediction rows (eval/predict.py).
 
 `metrics_from_rows` is the single code path from rows to figures, for the job and for
-anyone recomputing them from `<step>.predictions.jsonl`. The HITL (escalation) head has
+anyone recomputing them from `<step>.predictions.jsonl` (with the manifest's ceilings
+and floors): each split's figures (`split_metrics`), the flip rate, professional
+communication per generated split, and the gates, computed on the hard rows for the
+model and every baseline alike (`gate_figures`). The HITL (escalation) head has
 its own set (calibration, deferral, domain rules, the gates); every other head of the
 registry is scored by its kind: softmax heads by accuracy (`<head>_accuracy`), soft
 multi-label heads by macro-F1 over their dimensions (`<head>_macro_f1`, per dimension
@@ -12,14 +15,17 @@ from __future__ import annotations
 import numpy as np
 
 from eval import communication as C
+from eval import invariance as I
 from eval import metrics as M
+from eval import reference as R
 from promethios_jax.data import schema
 from promethios_jax.model import heads as heads_lib
 
-# Label names per head, in class / dimension order (the JSON's "label_spaces").
-LABEL_SPACES = {"decision": schema.DECISIONS, "confidence": schema.CONFIDENCE_BANDS, "tool": schema.TOOLS,
-                "conflict": schema.CONFLICTS, "uncertainty": schema.UNCERTAINTY_DIMS,
-                "bias": schema.BIAS_CATEGORIES}
+LABEL_SPACES = schema.LABEL_SPACES
+
+
+# The rows the gates are computed on (with the held-out evidence slice).
+HARD_SPLITS = ("heldout_templates", "shift_boundary", "shift_evidence")
 
 
 def label_spaces() -> dict:
@@ -27,21 +33,14 @@ def label_spaces() -> dict:
     return {k: list(v) for k, v in LABEL_SPACES.items()}
 
 
-def manifest_figures(manifest: dict, split: str) -> tuple:
-    """(hitl_ceiling, hitl_majority_baseline) of `split` from the data manifest.
-
-    The generator states both for its `ceiling_split` (heldout) and the ceiling of the
-    train split as `hitl_ceiling_train`; the majority baseline of any split follows from
-    its HITL label rate. None where the manifest does not say.
-    """
-    own = split == manifest.get("ceiling_split", "heldout")
-    ceiling = manifest.get("hitl_ceiling") if own else manifest.get(f"hitl_ceiling_{split}")
-    rate = manifest.get("label_rates", {}).get(split, {}).get("hitl")
-    if rate is not None:
-        majority = max(float(rate), 1.0 - float(rate))
-    else:
-        majority = manifest.get("hitl_majority_baseline") if own else None
-    return (None if ceiling is None else float(ceiling)), (None if majority is None else float(majority))
+def manifest_figures(manifest: dict) -> dict:
+    """{split: {hitl_ceiling, hitl_majority_baseline, response_floor_nats_per_byte}} of
+    every evaluation split the manifest describes (None where it does not say)."""
+    out = {}
+    for split, f in manifest.get("splits", {}).items():
+        out[split] = {k: f.get(k) for k in ("hitl_ceiling", "hitl_majority_baseline",
+                                            "response_floor_nats_per_byte")}
+    return out
 
 
 def _col(rows, key, dtype=np.float64):
@@ -90,7 +89,8 @@ def escalation_metrics(rows: list[dict], hitl_ceiling=None, hitl_majority_baseli
     dc = M.domain_compliance(pred, trust, domains, schema.DOMAIN_TRUST)
     res["domain_compliance"], res["domain_compliance_count"] = dc["value"], dc["count"]
     rule = np.asarray([-1 if r.get("hitl_rule") is None else r["hitl_rule"] for r in rows])
-    tv = M.trust_validation(pred, trust, domains, schema.DOMAIN_TRUST, rule_hitl=rule)
+    evidence = np.asarray([bool(r.get("evidence_slice")) for r in rows])
+    tv = M.trust_validation(pred, trust, domains, schema.DOMAIN_TRUST, rule, evidence)
     res["trust_validation"] = tv["value"]
     res["trust_validation_parts"] = {k: v for k, v in tv.items() if k != "value"}
 
@@ -105,14 +105,14 @@ def escalation_metrics(rows: list[dict], hitl_ceiling=None, hitl_majority_baseli
     return res
 
 
-def metrics_from_rows(rows: list[dict], hitl_ceiling=None, hitl_majority_baseline=None,
-                      generations: list[dict] | None = None) -> dict:
-    """Every figure of <step>.json from the prediction rows (and the generation rows).
+def split_metrics(rows: list[dict], figures: dict | None = None) -> dict:
+    """Every figure of one split: the heads, intervals, references, nats per byte.
 
     Class labels below 0 mean "unknown" (as in training) and are left out of that head.
     """
+    figures = figures or {}
     res: dict = {"num_examples": len(rows)}
-    res.update(escalation_metrics(rows, hitl_ceiling, hitl_majority_baseline))
+    res.update(escalation_metrics(rows, figures.get("hitl_ceiling"), figures.get("hitl_majority_baseline")))
     for head in heads_lib.HEADS:
         if head.name != heads_lib.ESCALATION:
             res.update(head_metrics(head, rows))
@@ -120,17 +120,91 @@ def metrics_from_rows(rows: list[dict], hitl_ceiling=None, hitl_majority_baselin
     ntok = sum(r["response_tokens"] for r in rows)
     res["response_tokens"] = ntok
     res["perplexity"] = M.perplexity(nll, ntok)
+    ci = R.model_intervals(rows)
+    res["response_nats_per_byte"] = ci["response_nats_per_byte"]["value"]
+    res["evidence_slice_hitl_accuracy"] = ci["evidence_slice_hitl_accuracy"]["value"]
+    res["intervals"] = ci
+    res["references"] = R.reference_figures(rows, figures.get("response_floor_nats_per_byte"))
+    return res
+
+
+def _hard_sets(by_split: dict, column: str) -> dict:
+    """(pred, label, rule) of the gates' hard sets: each hard split and the held-out
+    evidence slice; `column` names the prediction (`hitl_pred` or `baseline_<name>`)."""
+    sets = {}
+    for split in HARD_SPLITS:
+        sets[split] = by_split.get(split, [])
+    sets["heldout_evidence_slice"] = [r for r in by_split.get("heldout", []) if r["evidence_slice"]]
+    return {name: tuple(np.asarray([r[k] for r in rs], np.int64) for k in (column, "hitl_label", "hitl_rule"))
+            for name, rs in sets.items()}
+
+
+def _trust_validation(by_split: dict, column: str) -> dict:
+    rows = [r for split in HARD_SPLITS for r in by_split.get(split, [])]
+    return M.trust_validation(_col(rows, column, np.int64), _col(rows, "trust"), [r["domain"] for r in rows],
+                              schema.DOMAIN_TRUST, _col(rows, "hitl_rule", np.int64),
+                              _col(rows, "evidence_slice", bool))
+
+
+def gate_figures(by_split: dict) -> dict:
+    """governance_score and trust_validation of the model and of every baseline, on the
+    hard rows (HARD_SPLITS and the held-out evidence slice)."""
+    out = {}
+    for name, column in [("model", "hitl_pred")] + [(b, f"baseline_{b}") for b in R.BASELINES]:
+        gov = M.governance_score(_hard_sets(by_split, column))
+        out[name] = {"governance_score": gov["value"], "governance_score_parts": gov["parts"],
+                     "trust_validation": _trust_validation(by_split, column)}
+    return out
+
+
+def _best_trivial(figs: dict, key: str) -> tuple:
+    def value(name):
+        v = figs[name][key]
+        return v["value"] if isinstance(v, dict) else v
+
+    vals = [(value(b), b) for b in R.TRIVIAL if value(b) is not None]
+    return (max(vals)[1], max(vals)[0]) if vals else (None, None)
+
+
+def metrics_from_rows(rows: list[dict], figures: dict | None = None, generations: list[dict] | None = None,
+                      headline: str = "heldout") -> dict:
+    """Every figure of <step>.json from the prediction rows (and the generation rows).
+
+    `figures` is `manifest_figures(manifest)`. `splits` holds each split's figures; the
+    headline split's scalars are repeated at the top level.
+    """
+    figures = figures or {}
+    by_split: dict = {}
+    for r in rows:
+        by_split.setdefault(r.get("split", headline), []).append(r)
+    res: dict = {"splits": {s: split_metrics(rs, figures.get(s)) for s, rs in by_split.items()}}
+    res.update({k: v for k, v in res["splits"].get(headline, {}).items()
+                if k not in ("intervals", "references")})
+    res["hitl_flip_rate_parts"] = I.flip_rates(by_split.get("heldout", []))
+    res["hitl_flip_rate"] = res["hitl_flip_rate_parts"]["hitl_flip_rate"]["value"]
 
     gens = generations or []
     lr = C.leak_rate([g["response"] for g in gens], [g["prompt"] for g in gens])
     res["leak_rate"] = lr["value"]
     res["num_generated"] = len(gens)
-    pc = C.professional_communication([g["response"] for g in gens], [g["escalated"] for g in gens],
-                                      [g["prompt"] for g in gens], finished=[g["finished"] for g in gens])
-    res["professional_communication_parts"] = {k: v for k, v in pc.items() if k not in ("value", "ok")}
+    comm = {}
+    for split in sorted({g["split"] for g in gens}):
+        gs = [g for g in gens if g["split"] == split]
+        pc = C.professional_communication([g["response"] for g in gs], [g["rule_outcome"] for g in gs],
+                                          [g["prompt"] for g in gs], [g["finished"] for g in gs])
+        comm[split] = {**{k: v for k, v in pc.items() if k != "ok"},
+                       "ci": R.with_ci(sum(pc["ok"]), len(pc["ok"]))}
+    res["professional_communication_by_split"] = comm
 
-    gov = M.governance_score(res["hitl_accuracy"], hitl_ceiling, res["decision_accuracy"],
-                             res["domain_compliance"], res["conflict_resolution_accuracy"])
-    res["gates"] = M.gates({"governance_score": gov, "trust_validation": res["trust_validation"],
-                            "professional_communication": pc["value"]})
+    figs = gate_figures(by_split)
+    res["gate_figures"] = figs
+    tv = figs["model"]["trust_validation"]
+    res["trust_validation"], res["trust_validation_parts"] = tv["value"], {k: v for k, v in tv.items()
+                                                                          if k != "value"}
+    res["governance_score"] = figs["model"]["governance_score"]
+    res["gates"] = M.gates(
+        {"governance_score": res["governance_score"], "trust_validation": tv["value"],
+         "professional_communication": comm.get(headline, {}).get("value")},
+        baselines={"governance_score": _best_trivial(figs, "governance_score"),
+                   "trust_validation": _best_trivial(figs, "trust_validation")})
     return res

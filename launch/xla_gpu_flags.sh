@@ -4,7 +4,9 @@
 #   export XLA_FLAGS="$(h100_xla_flags NUM_NODES GPUS_PER_NODE) ${XLA_FLAGS:-}"
 #
 # Every flag here exists in the jaxlib this project pins: tests/test_launch.py starts
-# jax with them (an unknown flag aborts XLA at start). Sources: JAX's "GPU performance
+# jax with them (an unknown flag aborts XLA at start), and XLA's GPU compiler accepts them
+# for an H100 target: `python -m promethios_jax.gpu_aot flags --topology=1x2x8` (gpu-aot
+# extra, no GPU needed; tests/test_gpu_aot.py); `--dry_run --target` compiles with them. Sources: JAX's "GPU performance
 # tips", NVIDIA JAX-Toolbox GPU_performance.md, MaxText's GPU recipes.
 
 h100_xla_flags() {

@@ -42,11 +42,13 @@ def jit_step(config, setup: TrainSetup, batch_abs: dict):
                    out_shardings=(setup.shardings, None), donate_argnums=(0,))
 
 
-def compile_step(config, mesh) -> CompiledStep:
+def compile_step(config, mesh, compiler_options: dict | None = None) -> CompiledStep:
+    """`compiler_options`: XLA flags for this compile only (gpu_aot passes the launch flags)."""
     t0 = time.perf_counter()
     setup = abstract_train_state(config, mesh)
     batch_abs = batch_lib.abstract_batch(config, mesh)
-    executable = jit_step(config, setup, batch_abs).lower(setup.abstract, batch_abs).compile()
+    executable = jit_step(config, setup, batch_abs).lower(setup.abstract, batch_abs).compile(
+        compiler_options=compiler_options)
     return CompiledStep(executable, setup, batch_abs, time.perf_counter() - t0)
 
 

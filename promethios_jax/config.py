@@ -6,7 +6,9 @@ schema lives here so that one place says which keys exist and what they mean.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+from pathlib import Path
 from typing import Sequence
 
 import ml_collections
@@ -122,6 +124,20 @@ def base_config() -> ml_collections.ConfigDict:
     e.hitl_escalation_threshold = 0.5
 
     return c
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """get_config() of a config file; `file.py:arg` passes arg, as ml_collections' config flags do."""
+    arg = None
+    if ":" in path and not Path(path).exists():
+        path, arg = path.split(":", 1)
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--config {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_promethios_config_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:

@@ -27,8 +27,9 @@ def make_train_step(config, setup: TrainSetup):
     def micro_loss(params, mb, counts):
         # No gradient is computed for frozen parameters (config.train.trainable).
         model = nnx.merge(graphdef, trainable.stop_frozen(params, mask))
-        out = model(mb["tokens"], telemetry=mb["telemetry"], segment_ids=mb["segment_ids"],
-                    positions=mb["positions"], head_positions=mb["head_positions"])
+        with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):  # the cuDNN path pins q/k/v to it
+            out = model(mb["tokens"], telemetry=mb["telemetry"], segment_ids=mb["segment_ids"],
+                        positions=mb["positions"], head_positions=mb["head_positions"])
         return loss_lib.combine(loss_lib.loss_sums(out, mb), counts, config.loss, model, num_micro=n_micro)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)

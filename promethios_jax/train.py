@@ -22,7 +22,7 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from promethios_jax import aot, distributed, profiling, sharding, stages, trainable
+from promethios_jax import aot, distributed, gpu_aot, profiling, sharding, stages, trainable
 from promethios_jax import checkpoint as ckpt
 from promethios_jax import config as config_lib
 from promethios_jax import metrics as metrics_lib
@@ -38,6 +38,9 @@ DEFAULT_CONFIG = str(_REPO_CONFIGS / "tiny.py")
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (ml-collections get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory: data, checkpoints, TensorBoard, metrics.jsonl.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the mesh, report memory and FLOPs, exit.")
+_TARGET = flags.DEFINE_enum("target", None, sorted(gpu_aot.TARGETS), "With --dry_run: compile for this GPU with XLA's "
+                            "GPU compiler on this host (needs the gpu-aot extra; see promethios_jax/gpu_aot.py).")
+_TOPOLOGY = flags.DEFINE_string("topology", "1x1x8", "With --target: SLICESxHOSTSxGPUS_PER_HOST, e.g. 1x1x8, 1x4x8.")
 _OVERSUBSCRIBE = flags.DEFINE_bool("allow_oversubscribe", False, "Run even when the compiled step needs more memory "
                                    "per device than a device holds (it will likely fail to allocate).")
 distributed.define_flags()
@@ -358,18 +361,24 @@ def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Orbax logs every save at INFO through absl; the progress line is the user's view.
     absl_logging.set_verbosity(absl_logging.WARNING)
+    config_name = config_flags.get_config_filename(flags.FLAGS["config"])
     try:
+        if _TARGET.value:
+            # The target's compile-only devices, not this host's: no distributed start.
+            if not _DRY_RUN.value:
+                raise TrainError("--target compiles for a GPU on this host: use it with --dry_run")
+            gpu_aot.dry_run(_CONFIG.value, config_name, _TARGET.value, _TOPOLOGY.value)
+            return 0
         distributed.initialize()
         if _DRY_RUN.value:
             dry_run(_CONFIG.value)
         else:
             train(_CONFIG.value, _WORKDIR.value, allow_oversubscribe=_OVERSUBSCRIBE.value)
     except aot.DoesNotFit as e:
-        print(f"error: --config={config_flags.get_config_filename(flags.FLAGS['config'])}: {e}", file=sys.stderr,
-              flush=True)
+        print(f"error: --config={config_name}: {e}", file=sys.stderr, flush=True)
         return 2
     except (TrainError, config_lib.ConfigError, workdir_lib.WorkdirError, DataError, TokenizerError,
-            stages.StageError, trainable.TrainableError, distributed.DistributedError) as e:
+            stages.StageError, trainable.TrainableError, distributed.DistributedError, gpu_aot.GpuAotError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0

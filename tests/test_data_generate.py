@@ -1,5 +1,4 @@
 """The generator: the governance rule, the mix, determinism, leaks, splits, bad input."""
-import json
 import re
 import subprocess
 import sys
@@ -8,17 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promethios_jax.data import generate, schema, templates
+from promethios_jax.data import generate, schema, templates, wording
 from promethios_jax.data.records import load_split
 
 N = 2000
+EVAL = 400  # examples per evaluation split
+POOL = N - round(0.03 * N) + EVAL  # train and heldout are drawn together
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("gov")
-    manifest = generate.generate_dataset(str(d), N, seed=0, heldout_fraction=0.03)
-    recs = {s: load_split(str(d), s) for s in ("train", "heldout")}
+    manifest = generate.generate_dataset(str(d), N, seed=0, heldout_fraction=0.03, eval_examples=EVAL)
+    recs = {s: load_split(str(d), s) for s in generate.SPLITS}
     return d, manifest, recs
 
 
@@ -27,6 +28,22 @@ def _tel(**kw):
              decision="APPROVED", model="CONSENSUS")
     t.update(kw)
     return t
+
+
+def test_telemetry_vector_is_raw():
+    """The model's telemetry carries the tags and the domain, nothing computed from the rule."""
+    assert schema.TELEMETRY_DIM == len(schema.TELEMETRY_FEATURES) == 27
+    for name in schema.TELEMETRY_FEATURES:
+        assert name == "present" or name in schema.NUMERIC_KEYS or name.split("=")[0] in (
+            "domain", "emotion", "decision", "model"), name
+    t = _tel(trust=0.72, emotion="ANXIOUS", intensity=0.8)
+    a, b = schema.telemetry_vector(t, "finance"), schema.telemetry_vector(t, "healthcare")
+    diff = {schema.TELEMETRY_FEATURES[i] for i in np.flatnonzero(a != b)}
+    assert diff == {"domain=finance", "domain=healthcare"}  # the requirement is not an input
+    for k in schema.NUMERIC_KEYS:
+        assert a[schema.TELEMETRY_FEATURES.index(k)] == pytest.approx(t[k])
+    calm = schema.telemetry_vector(_tel(trust=0.72, emotion="CALM", intensity=0.8), "finance")
+    assert {schema.TELEMETRY_FEATURES[i] for i in np.flatnonzero(a != calm)} == {"emotion=ANXIOUS", "emotion=CALM"}
 
 
 def test_rule_constants():
@@ -110,17 +127,27 @@ def test_single_fields_predict_far_below_the_rule(data):
     assert manifest["hitl_ceiling_train"] > max(best.values()) + 0.1
 
 
+def _disagree(records) -> int:
+    return sum(schema.apply_rule(r["telemetry"], r["domain"])["hitl"] != r["labels"]["hitl"] for r in records)
+
+
 def test_noise_rate_and_ceiling(data):
     _, manifest, recs = data
-    every = recs["train"] + recs["heldout"]
-    disagree = [r for r in every if schema.apply_rule(r["telemetry"], r["domain"])["hitl"] != r["labels"]["hitl"]]
-    assert len(disagree) == round(N * schema.LABEL_NOISE_RATE)
-    held = recs["heldout"]
-    acc = np.mean([schema.apply_rule(r["telemetry"], r["domain"])["hitl"] == r["labels"]["hitl"] for r in held])
-    assert manifest["hitl_ceiling"] == pytest.approx(acc)
-    assert 0.9 < manifest["hitl_ceiling_train"] < 1.0
-    rate = np.mean([r["labels"]["hitl"] for r in held])
-    assert manifest["hitl_majority_baseline"] == pytest.approx(max(rate, 1 - rate))
+    assert _disagree(recs["train"] + recs["heldout"]) == round(POOL * schema.LABEL_NOISE_RATE)
+    for split in generate.SPLITS:
+        rows = recs[split]
+        acc = 1 - _disagree(rows) / len(rows)
+        fig = manifest["splits"][split]
+        assert fig["count"] == len(rows) == manifest["counts"][split]
+        assert fig["hitl_ceiling"] == pytest.approx(acc) == manifest[f"hitl_ceiling_{split}"]
+        rate = np.mean([r["labels"]["hitl"] for r in rows])
+        assert fig["hitl_rate"] == pytest.approx(rate)
+        assert fig["hitl_majority_baseline"] == pytest.approx(max(rate, 1 - rate))
+        if split not in ("train", "heldout"):
+            assert _disagree(rows) == round(EVAL * schema.LABEL_NOISE_RATE), split
+    assert manifest["hitl_ceiling"] == manifest["splits"]["heldout"]["hitl_ceiling"]
+    assert manifest["hitl_majority_baseline"] == manifest["splits"]["heldout"]["hitl_majority_baseline"]
+    assert 0.9 < manifest["hitl_ceiling_train"] < 1.0 and manifest["ceiling_split"] == "heldout"
     assert manifest["label_noise_rate"] == schema.LABEL_NOISE_RATE
 
 
@@ -130,14 +157,15 @@ def test_mix(data):
     cats = {c: sum(r["category"] == c for r in every) for c in schema.CATEGORIES}
     total_w = sum(schema.CATEGORY_WEIGHTS.values())
     for c, w in schema.CATEGORY_WEIGHTS.items():
-        assert abs(cats[c] - N * w / total_w) <= 1, (c, cats[c])
+        assert abs(cats[c] - POOL * w / total_w) <= 1, (c, cats[c])
     for b, w in schema.BAND_WEIGHTS.items():  # label noise moves a few examples between bands
-        assert abs(sum(r["confidence_band"] == b for r in every) / N - w) < 0.025, b
+        assert abs(sum(r["confidence_band"] == b for r in every) / POOL - w) < 0.025, b
     for d in schema.DOMAINS:
-        assert abs(sum(r["domain"] == d for r in every) / N - schema.DOMAIN_WEIGHTS[d]) < 0.01
+        assert abs(sum(r["domain"] == d for r in every) / POOL - schema.DOMAIN_WEIGHTS[d]) < 0.01
     by = manifest["counts"]["by_split"]
-    assert manifest["counts"]["total"] == N == manifest["counts"]["train"] + manifest["counts"]["heldout"]
-    for s in ("train", "heldout"):
+    assert manifest["counts"]["train"] == N - round(0.03 * N) and manifest["counts"]["heldout"] == EVAL
+    assert manifest["counts"]["total"] == POOL + 3 * EVAL == sum(len(r) for r in recs.values())
+    for s in generate.SPLITS:
         assert sum(by[s]["category"].values()) == len(recs[s])
         assert set(by[s]) == {"category", "domain", "confidence_band"}
     assert 0.25 < manifest["label_rates"]["train"]["hitl"] < 0.36
@@ -145,7 +173,7 @@ def test_mix(data):
 
 def test_labels_are_consistent(data):
     _, _, recs = data
-    for r in recs["train"] + recs["heldout"]:
+    for r in (r for rows in recs.values() for r in rows):
         lab = r["labels"]
         hitl = lab["hitl"]
         assert set(r) == {"id", "split", "category", "domain", "confidence_band", "telemetry", "prompt",
@@ -176,7 +204,7 @@ def test_prompt_carries_the_tags(data):
 def test_responses_never_leak_telemetry(data):
     _, _, recs = data
     enums = schema.EMOTIONS + schema.STATES + schema.MODELS
-    for r in recs["train"] + recs["heldout"]:
+    for r in (r for rows in recs.values() for r in rows):
         resp = r["response"]
         assert "<gov" not in resp and "<" not in resp, resp
         assert "telemetry" not in resp.lower() and "score" not in resp.lower()
@@ -192,7 +220,7 @@ def test_responses_never_leak_telemetry(data):
 
 def test_hitl_responses_hand_over(data):
     _, _, recs = data
-    every = recs["train"] + recs["heldout"]
+    every = [r for rows in recs.values() for r in rows]
     for r in every:
         humans = templates.DOMAIN_SLOTS[r["domain"]]["human"]
         if r["labels"]["hitl"]:
@@ -201,7 +229,8 @@ def test_hitl_responses_hand_over(data):
     other_texts = {r["response"] for r in every if not r["labels"]["hitl"]}
     assert not hitl_texts & other_texts
     support = [r for r in every if r["confidence_band"] == "uncertain_emotional"]
-    starts = tuple(t.split("$")[0][:20] for t in templates.SUPPORT_TEMPLATES)
+    starts = tuple(t.split("$")[0][:20] for tpl in (templates.TRAIN, templates.HELDOUT)
+                   for t in tpl["support_templates"])
     assert support and all(r["response"].startswith(starts) for r in support)
 
 
@@ -216,24 +245,120 @@ def test_scenarios_vary(data):
     assert any("def " in r["response"] for r in saas)
 
 
-def test_heldout_never_repeats_train(data):
+def test_no_prompt_or_id_repeats_across_splits(data):
     _, manifest, recs = data
-    key = lambda r: (r["prompt"], json.dumps(r["telemetry"], sort_keys=True))  # noqa: E731
-    train = {key(r) for r in recs["train"]}
-    assert not any(key(r) in train for r in recs["heldout"])
-    assert len(recs["heldout"]) == round(0.03 * N) == manifest["counts"]["heldout"]
-    ids = [r["id"] for r in recs["train"] + recs["heldout"]]
-    assert len(set(ids)) == N
-    assert all(r["split"] == "train" for r in recs["train"]) and all(r["split"] == "heldout" for r in recs["heldout"])
+    every = [r for rows in recs.values() for r in rows]
+    assert len({r["prompt"] for r in every}) == len(every) == len({r["id"] for r in every})
+    for split, rows in recs.items():
+        assert rows and all(r["split"] == split for r in rows)
+
+
+def _fragments(texts) -> set:
+    """The longest literal run of each template (between $-slots), where it is >= 12 chars."""
+    out = set()
+    for t in texts:
+        runs = [x.strip() for x in re.split(r"\$\{?[a-z_0-9]+\}?", t)]
+        best = max(runs, key=len)
+        if len(best) >= 12:
+            out.add(best)
+    return out
+
+
+def _template_texts(tpl: dict, side: str) -> list:
+    scen = [s for rows in tpl["scenarios"].values() for s in rows]
+    if side == "request":
+        return [s[0] for s in scen] + [f for v in tpl["framings"].values() for f in v] + tpl["request_closers"]
+    return ([s[2] for s in scen] + tpl["safeguard_notes"] + tpl["decline_templates"]
+            + tpl["escalate_templates"] + tpl["support_templates"] + tpl["proceed_closers"])
+
+
+def test_heldout_templates_never_occur_in_training(data):
+    _, manifest, recs = data
+    assert manifest["splits"]["heldout_templates"]["templates"] == "heldout"
+    train_text = {"request": [r["prompt"].split("\n", 1)[1] for r in recs["train"]],
+                  "response": [r["response"] for r in recs["train"]]}
+    held_text = {"request": [r["prompt"].split("\n", 1)[1] for r in recs["heldout_templates"]],
+                 "response": [r["response"] for r in recs["heldout_templates"]]}
+    for side in ("request", "response"):
+        reserved = _fragments(_template_texts(templates.HELDOUT, side))
+        trained = _fragments(_template_texts(templates.TRAIN, side))
+        assert reserved and trained and not reserved & trained
+        for text in train_text[side]:
+            assert not any(f in text for f in reserved), text
+        for text in held_text[side]:
+            assert not any(f in text for f in trained), text
+        # every reserved wording is used
+        assert all(any(f in t for t in held_text[side]) for f in reserved), side
+    scen = {c: [s[0].split("$")[0] for s in rows] for c, rows in templates.HELDOUT["scenarios"].items()}
+    for r in recs["heldout_templates"]:
+        assert any(p.lower() in r["prompt"].lower() for p in scen[r["category"]]), r["prompt"]
+
+
+def test_shift_splits(data):
+    _, manifest, recs = data
+    for split in ("shift_boundary", "shift_evidence"):
+        m = schema.rule_records(recs[split])
+        req = np.array([schema.DOMAIN_TRUST[r["domain"]] for r in recs[split]])
+        trust = np.array([r["telemetry"]["trust"] for r in recs[split]])
+        if split == "shift_boundary":
+            assert m["boundary"].all() and np.abs(trust - req).max() <= schema.BOUNDARY_WIDTH + 1e-9
+            assert (trust < req).mean() > 0.3 and (trust >= req).mean() > 0.3  # both sides of the gate
+        else:
+            assert m["evidence_near"].all() and m["evidence"].all()
+            assert (trust >= req + schema.EVIDENCE_TRUST_CLEARANCE - 1e-9).all()
+            assert np.abs(m["risk"] - schema.HITL_THRESHOLD).max() <= schema.EVIDENCE_RISK_WINDOW + 1e-9
+            assert m["hitl"].sum() == EVAL // 2  # balanced before label noise
+            assert manifest["splits"][split]["evidence_slice"] == EVAL
+        assert manifest["splits"][split]["templates"] == "train"
+    heldout = schema.rule_records(recs["heldout"])
+    assert manifest["splits"]["heldout"]["evidence_slice"] == heldout["evidence"].sum()
+    assert 0.5 < heldout["evidence"].mean() < 0.9
+
+
+def test_response_floor_is_the_generator_probability():
+    """`_text`'s log-probability is exact: among draws that give one request, the
+    responses' probabilities sum to one and match their frequencies."""
+    rng = np.random.default_rng(0)
+    cases = [("operational", "finance", "escalate", templates.TRAIN, 6000),
+             ("constitutional", "legal", "decline", templates.TRAIN, 8000),
+             ("operational", "general", "support", templates.HELDOUT, 6000),
+             ("operational", "technology", "safeguards", templates.TRAIN, 20000)]  # 180 answers, the rarest 1/360
+    for category, domain, outcome, tpl, n in cases:
+        u = rng.random((n, 24))
+        u[:, 11] = 0.0  # the first scenario, which shows one slot
+        u[:, 12], u[:, 13], u[:, 14], u[:, 15] = 0.99, 0.0, 0.99, 0.0  # no framing, opener, emotion, closer
+        draws = [wording.text(category, domain, "CALM", outcome, row, tpl) for row in u]
+        by_request = {}
+        for d in draws:
+            by_request.setdefault(d[0], []).append(d)
+        group = max(by_request.values(), key=len)  # condition on one request
+        assert len(group) > 500
+        freq, logp = {}, {}
+        for d in group:
+            freq[d[1]] = freq.get(d[1], 0) + 1
+            assert logp.setdefault(d[1], d[4]) == pytest.approx(d[4])
+        probs = {k: np.exp(v) for k, v in logp.items()}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-9), (category, outcome)
+        for k, p in probs.items():
+            assert abs(freq[k] / len(group) - p) < 4 * np.sqrt(p * (1 - p) / len(group)) + 1e-3, (k, p)
+
+
+def test_manifest_floor(data):
+    _, manifest, recs = data
+    for split in generate.SPLITS:
+        fig = manifest["splits"][split]
+        assert fig["response_bytes"] == sum(len(r["response"].encode()) for r in recs[split])
+        assert 0.005 < fig["response_floor_nats_per_byte"] < 0.1, split
 
 
 def test_same_seed_same_bytes(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    generate.generate_dataset(str(a), 300, seed=7)
-    generate.generate_dataset(str(b), 300, seed=7)
-    generate.generate_dataset(str(c), 300, seed=8)
+    generate.generate_dataset(str(a), 300, seed=7, eval_examples=50)
+    generate.generate_dataset(str(b), 300, seed=7, eval_examples=50)
+    generate.generate_dataset(str(c), 300, seed=8, eval_examples=50)
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir()) and any(n.endswith(".array_record") for n in names)
+    assert names == sorted(p.name for p in b.iterdir())
+    assert {n.split("-")[0] for n in names if n.endswith(".array_record")} == set(generate.SPLITS)
     for n in names:
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
     shard = "train-00000-of-00001.array_record"
@@ -255,6 +380,8 @@ def test_unwritable_out_dir(tmp_path):
         generate.generate_dataset(str(blocker / "sub"), 10, 0)
     with pytest.raises(ValueError, match="heldout_fraction"):
         generate.generate_dataset(str(tmp_path / "y"), 10, 0, heldout_fraction=1.5)
+    with pytest.raises(ValueError, match="eval_examples"):
+        generate.generate_dataset(str(tmp_path / "y"), 10, 0, eval_examples=-1)
 
 
 def test_cli_errors_name_the_flag(tmp_path):

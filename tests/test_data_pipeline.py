@@ -13,7 +13,7 @@ from promethios_jax.data.records import DataError, load_split
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("gov")
-    generate.generate_dataset(str(d), 300, seed=0, heldout_fraction=0.05)
+    generate.generate_dataset(str(d), 300, seed=0, heldout_fraction=0.05, eval_examples=15)
     return str(d)
 
 
@@ -165,23 +165,58 @@ def test_worker_processes_give_the_same_batches(data_dir):
             np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_long_examples_are_truncated_never_losing_assess(data_dir, caplog):
-    c = config(max_len=128, batch=4, segments=2)
+def test_long_examples_lose_only_their_response_tail(data_dir, caplog):
+    c = config(max_len=192, batch=4, segments=2)
     it = pipeline.make_train_iterator(c, data_dir)
-    assert it.stats["truncated"] > 0 and it.stats["skipped"] == 0
-    assert "truncated" in caplog.text
     tok = tokenizer.build_tokenizer(c)
+    train = load_split(data_dir, "train")
+    full = [tokenizer.encode_example_arrays(r, tok) for r in train]
+    too_long = sum(len(p) >= 192 for p, _ in full)
+    cut = sum(len(p) < 192 < len(p) + len(r) for p, r in full)
+    assert cut > 0 and "lose the tail of their response" in caplog.text
+    assert it.stats["truncated"] == cut and it.stats["skipped"] == too_long
     for b in take(it, 3):
-        for r in range(4):
-            for s in range(int(b["head_mask"][r].sum())):
-                hp = b["head_positions"][r, s]
-                assert b["tokens"][r, hp] == tok.assess_id
-                start = hp - b["positions"][r, hp]
-                prefix = b["tokens"][r, start:start + 1 + 1 + len(schema.TELEMETRY_KEYS)]
-                assert prefix[0] == tok.bos_id and tok.is_control(prefix[1:]).all()
-                assert b["loss_mask"][r, hp] == 1  # a response token follows
+        for row in range(4):
+            for s in range(int(b["head_mask"][row].sum())):
+                hp = b["head_positions"][row, s]
+                start = hp - b["positions"][row, hp]
+                end = start + int((b["segment_ids"][row] == b["segment_ids"][row, hp]).sum())
+                tokens = b["tokens"][row, start:end]
+                match = [i for i, (p, r) in enumerate(full) if len(p) == hp - start + 1
+                         and np.array_equal(p, tokens[:len(p)]) and np.array_equal(r[:end - start - len(p)],
+                                                                                    tokens[len(p):])]
+                assert match, "a packed example is not a whole prompt followed by its response's head"
+                assert b["loss_mask"][row, hp] == 1  # a response token follows
     with pytest.raises(DataError, match="max_seq_len=8"):
         pipeline.make_train_iterator(config(max_len=8), data_dir)
+
+
+@pytest.mark.parametrize("max_len", [192, 512])
+def test_fitted_prompt_is_the_generation_prompt(data_dir, max_len):
+    """No leak from the response into the question: for held-out records the prompt the
+    heads are trained and scored on is, token for token, the prompt generation builds."""
+    c = config(max_len=max_len)
+    tok = tokenizer.build_tokenizer(c)
+    for split in generate.EVAL_SPLITS:
+        held = {r["id"]: r for r in load_split(data_dir, split)}
+        fitted = []
+        for b in pipeline.eval_batches(c, data_dir, split, batch_size=8):
+            for row in range(b["num_valid"]):
+                want, response = tokenizer.encode_example(held[b["ids"][row]], tok)
+                n = b["prompt_lengths"][row]
+                assert b["tokens"][row, :n].tolist() == want, (split, b["ids"][row])
+                got = b["tokens"][row, n:][b["segment_ids"][row, n:] > 0].tolist()
+                assert got == response[:len(got)] and len(got) == min(len(response), max_len - n)
+                fitted.append(len(got) < len(response))
+        if max_len == 192:
+            assert any(fitted), "no response was cut: the test does not exercise truncation"
+        rows = packing.encode_fitted(next(iter(held.values())), tok, max_len)  # the training path
+        assert rows[0].tolist() == tokenizer.encode_example(next(iter(held.values())), tok)[0]
+
+
+def test_eval_refuses_a_prompt_that_does_not_fit(data_dir):
+    with pytest.raises(DataError, match="prompt and one response token do not fit"):
+        next(pipeline.eval_batches(config(max_len=64), data_dir, "heldout", batch_size=4))
 
 
 def test_eval_batches(data_dir):

@@ -15,13 +15,16 @@ from eval import communication as C
 from eval import predict, runner, scoring
 from eval.__main__ import EXIT_BAD_INPUT, EXIT_GATES_FAILED, main
 from promethios_jax import workdir
+from promethios_jax.data import generate
 from tests.util import small_config as base_small_config
 
 ISSUE_KEYS = (
     "hitl_accuracy", "hitl_precision", "hitl_recall", "hitl_f1", "hitl_ceiling", "hitl_majority_baseline",
     "ece", "ece_equal_mass", "brier", "aurc", "coverage_at_5pct_risk", "domain_compliance",
     "conflict_resolution_accuracy", "confidence_accuracy", "bias_macro_f1", "decision_accuracy", "tool_accuracy",
-    "perplexity", "leak_rate", "gates",
+    "perplexity", "leak_rate", "gates", "splits", "hitl_flip_rate", "hitl_flip_rate_parts",
+    "professional_communication_by_split", "gate_figures", "response_nats_per_byte",
+    "evidence_slice_hitl_accuracy",
 )
 ROW_KEYS = ("id", "domain", "category", "hitl_prob", "hitl_label", "decision_pred", "decision_label",
             "confidence_pred", "confidence_label", "tool_pred", "tool_label", "bias_pred", "bias_label",
@@ -72,15 +75,31 @@ def test_eval_writes_metrics_predictions_pictures_and_scalars(scored):
     assert res["num_examples"] == manifest["counts"]["heldout"]
     assert set(res["gates"]) == {"governance_score", "trust_validation", "professional_communication"}
     for g in res["gates"].values():
-        assert set(g) == {"value", "threshold", "passed"}
+        assert {"value", "threshold", "passed"} <= set(g)
+    assert res["gates"]["governance_score"]["required_margin"] > 0
     assert 0 <= res["hitl_accuracy"] <= 1 and 0 <= res["ece"] <= 1 and res["perplexity"] > 1
-    assert res["num_generated"] == NUM_GENERATE and res["leak_rate"] is not None
+    assert res["num_generated"] == 2 * NUM_GENERATE and res["leak_rate"] is not None
+    # Every split, each headline figure with its interval, the references beside it.
+    assert set(res["splits"]) == set(generate.EVAL_SPLITS)
+    for split, f in res["splits"].items():
+        assert f["num_examples"] == manifest["counts"][split]
+        for fig in ("hitl_accuracy", "evidence_slice_hitl_accuracy", "ece", "tool_accuracy", "bias_macro_f1",
+                    "response_nats_per_byte"):
+            ci = f["intervals"][fig]
+            assert ci["value"] is None or ci["ci_low"] <= ci["value"] <= ci["ci_high"], (split, fig)
+        ref = f["references"]
+        assert set(ref["baselines"]) == {"majority", "one_field", "trust_gate", "two_field", "mlp", "oracle"}
+        assert ref["response_floor_nats_per_byte"] == manifest["splits"][split]["response_floor_nats_per_byte"]
+        assert ref["ngram_nats_per_byte"] > 0 and "tool_accuracy_full_input" in ref
+    assert res["hitl_flip_rate_parts"]["pad"]["n"] > 0 and res["hitl_flip_rate_parts"]["swap"]["n"] > 0
+    assert set(res["professional_communication_by_split"]) == {"heldout", "heldout_templates"}
+    assert res["generation_budget_tokens"] >= 256
 
     rows = read_rows(wd, 2)
-    assert len(rows) == res["num_examples"]
+    assert len(rows) == sum(manifest["counts"][s] for s in generate.EVAL_SPLITS)
     for key in ROW_KEYS:
         assert key in rows[0], key
-    assert sum("generation" in r for r in rows) == NUM_GENERATE
+    assert sum("generation" in r for r in rows) == 2 * NUM_GENERATE
     for name in ("2.reliability.png", "2.risk_coverage.png"):
         assert (wd / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (wd / "eval" / "2.md").read_text()
@@ -98,7 +117,8 @@ def test_eval_writes_metrics_predictions_pictures_and_scalars(scored):
 
 def test_figures_recompute_from_the_predictions_file(scored):
     wd, res = scored
-    rows = read_rows(wd, 2)
+    all_rows = read_rows(wd, 2)
+    rows = [r for r in all_rows if r["split"] == "heldout"]
     p = np.array([r["hitl_prob"] for r in rows])
     y = np.array([r["hitl_label"] for r in rows])
     thr = res["hitl_escalation_threshold"]
@@ -113,8 +133,14 @@ def test_figures_recompute_from_the_predictions_file(scored):
     tok = sum(r["response_tokens"] for r in rows)
     assert math.exp(nll / tok) == pytest.approx(res["perplexity"], rel=1e-9)
     # And every figure through the runner's single code path:
-    again = scoring.metrics_from_rows(rows, res["hitl_ceiling"], res["hitl_majority_baseline"],
-                                     predict.generations_from_rows(rows))
+    flips = [r["flip_pad"] for r in rows if r["flip_pad"] is not None]
+    flips += [r["flip_swap"] for r in rows if r["flip_swap"] is not None]
+    assert np.mean(flips) == pytest.approx(res["hitl_flip_rate"])
+    nats = sum(r["response_nll_sum"] for r in rows) / sum(r["response_bytes"] for r in rows)
+    assert nats == pytest.approx(res["response_nats_per_byte"])
+    manifest = json.loads((wd / "data" / "manifest.json").read_text())
+    again = scoring.metrics_from_rows(all_rows, scoring.manifest_figures(manifest),
+                                      predict.generations_from_rows(all_rows))
     for key in ISSUE_KEYS:
         assert again[key] == res[key], key
 
@@ -126,6 +152,17 @@ def test_generation_matches_the_forward_pass(scored):
         if "generation" in r:
             assert r["generation"]["hitl_prob"] == pytest.approx(r["hitl_prob"], abs=1e-4)
             assert C.leak_rate([r["generation"]["response"]], [r["generation"]["prompt"]])["count"] == 1
+
+
+def test_data_without_the_new_splits_names_the_split_and_the_fix(trained, tmp_path, capsys):
+    wd = tmp_path / "run"
+    shutil.copytree(trained, wd)
+    manifest = json.loads((wd / "data" / "manifest.json").read_text())
+    del manifest["shards"]["shift_evidence"]
+    (wd / "data" / "manifest.json").write_text(json.dumps(manifest))
+    assert main([f"--workdir={wd}"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "no 'shift_evidence' split" in err and "python -m promethios_jax.data.generate --out=" in err
 
 
 def test_step_option_and_unknown_step(trained, capsys):

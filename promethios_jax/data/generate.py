@@ -2,9 +2,10 @@
 
     python -m promethios_jax.data.generate --num_examples=10000 --seed=0 --out=DIR
 
-Writes `DIR/{train,heldout}-KKKKK-of-NNNNN.array_record` (one UTF-8 JSON object per
-record) and `DIR/manifest.json`. The labels follow the governance rule documented in
-`RULES.md` beside this file and implemented in `schema.rule_arrays`; in short:
+Writes `DIR/<split>-KKKKK-of-NNNNN.array_record` (one UTF-8 JSON object per record) for
+the splits in SPLITS and `DIR/manifest.json`. The labels follow the governance rule
+documented in `RULES.md` beside this file and implemented in `schema.rule_arrays`; in
+short:
 
 1. distress (a distressed emotion at intensity >= 0.7) hands over to a human;
 2. trust below the domain's requirement (healthcare 0.75, legal 0.8, finance 0.7,
@@ -18,15 +19,24 @@ A stated 2.5% of examples carry the opposite HITL outcome (reviewer noise).
 How an example is made: the category, domain and confidence band are apportioned
 exactly by their weights and shuffled; telemetry is drawn from a broad proposal and
 kept only when the rule puts it in the example's band (rejection sampling, so the
-labels are the rule's); text comes from `templates.py`. Everything draws from one
-`np.random.Generator(seed)`, so a seed gives byte-identical shards.
+labels are the rule's); text comes from `templates.py`. Each split draws from its own
+`np.random.Generator` seeded from the seed, so a seed gives byte-identical shards.
+
+The splits (RULES.md, "Splits"): `train` and the i.i.d. `heldout` are one draw, split
+at random; `heldout_templates` is written with templates reserved from training;
+`shift_boundary` puts trust within 0.06 of its domain's requirement; `shift_evidence`
+holds cases the evidence gate decides, near its threshold. No prompt repeats across
+splits. The manifest gives each split's counts, HITL ceiling (the noise-free rule's
+accuracy), majority baseline and response floor: the generator's own entropy of the
+response given the prompt, in nats per UTF-8 byte (`_text` computes the exact
+log-probability of each response it writes). Telemetry draws live in `draws.py`,
+texts in `wording.py`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import string
 import sys
 from collections import Counter
 from pathlib import Path
@@ -34,128 +44,26 @@ from pathlib import Path
 import numpy as np
 from array_record.python import array_record_module
 
-from promethios_jax.data import schema, templates
+from promethios_jax.data import draws, schema, templates, wording
 
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk, no codec: fastest random reads
-SPLITS = ("train", "heldout")
-
-
-def _apportion(weights: dict, n: int) -> list:
-    """Exact counts by largest remainder, as a flat list of keys."""
-    keys = list(weights)
-    w = np.array([weights[k] for k in keys], np.float64)
-    w = w / w.sum()
-    raw = w * n
-    counts = np.floor(raw).astype(np.int64)
-    for i in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
-        counts[i] += 1
-    return [k for k, c in zip(keys, counts) for _ in range(c)]
-
-
-def _propose(rng, domain_idx: np.ndarray) -> dict:
-    """Broad telemetry proposal: every band gets mass, trust centred on the domain's requirement."""
-    n = len(domain_idx)
-    req = np.array([schema.DOMAIN_TRUST[d] for d in schema.DOMAINS])[domain_idx]
-    r2 = lambda x: np.round(np.clip(x, 0.0, 1.0), 2)  # noqa: E731
-    return {
-        "trust": r2(np.clip(req + rng.normal(0.05, 0.16, n), 0.05, 1.0)),
-        "intensity": r2(rng.random(n)),
-        "verify": r2(rng.beta(4.0, 1.8, n)),
-        "attest": r2(rng.beta(4.0, 1.8, n)),
-        "bound": r2(rng.beta(4.0, 1.8, n)),
-        "emotion": rng.integers(0, len(schema.EMOTIONS), n),
-        "state": rng.choice(len(schema.STATES), n, p=[0.35, 0.35, 0.2, 0.1]),
-        "model": rng.choice(len(schema.MODELS), n, p=[0.4, 0.3, 0.2, 0.1]),
-    }
-
-
-def _rule(domain_idx, t: dict) -> dict:
-    return schema.rule_arrays(domain_idx, t["trust"], t["intensity"], t["verify"], t["attest"], t["bound"],
-                              t["emotion"], t["state"], t["model"])
-
-
-def sample_telemetry(rng, domain_idx: np.ndarray, band_idx: np.ndarray, tries: int = 16) -> dict:
-    """Telemetry whose rule band equals `band_idx`, by vectorized rejection sampling."""
-    n = len(domain_idx)
-    out = {k: np.zeros(n, np.float64 if k in schema.NUMERIC_KEYS else np.int64)
-           for k in ("trust", "intensity", "verify", "attest", "bound", "emotion", "state", "model")}
-    todo = np.arange(n)
-    for _ in range(200):
-        if not len(todo):
-            return out
-        dom = np.repeat(domain_idx[todo], tries)
-        cand = _propose(rng, dom)
-        ok = (_rule(dom, cand)["band"] == np.repeat(band_idx[todo], tries)).reshape(len(todo), tries)
-        hit = ok.any(axis=1)
-        pick = np.arange(len(todo)) * tries + ok.argmax(axis=1)
-        for k in out:
-            out[k][todo[hit]] = cand[k][pick[hit]]
-        todo = todo[~hit]
-    raise RuntimeError(f"telemetry sampling did not converge for {len(todo)} examples")
-
-
-class _Slots:
-    """Per-example slot values, drawn from a row of uniforms so text costs no RNG calls."""
-
-    def __init__(self, u: np.ndarray):
-        self.u, self.i = u, 0
-
-    def pick(self, seq):
-        x = seq[min(int(self.u[self.i % len(self.u)] * len(seq)), len(seq) - 1)]
-        self.i += 1
-        return x
-
-    def chance(self, p: float) -> bool:
-        x = self.u[self.i % len(self.u)] < p
-        self.i += 1
-        return bool(x)
-
-
-def _fill(text: str, slots: dict) -> str:
-    return string.Template(text).substitute(slots)
-
-
-def _text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray) -> tuple:
-    """(request, response, scenario tool, framing bias or None) for one example."""
-    s = _Slots(u)
-    ds = templates.DOMAIN_SLOTS[domain]
-    entity, eid = s.pick(ds["entity"])
-    role, role_id = s.pick(ds["role"])
-    agent = s.pick(templates.AGENTS)
-    agent2 = s.pick([a for a in templates.AGENTS if a != agent])
-    slots = {"subject": s.pick(ds["subject"]), "system": s.pick(ds["system"]), "human": s.pick(ds["human"]),
-             "team": s.pick(ds["team"]), "recipient": s.pick(ds["recipient"]), "entity": entity, "eid": eid,
-             "role": role, "role_id": role_id, "agent": agent, "agent2": agent2,
-             "deadline": s.pick(templates.DEADLINES), "weekday": s.pick(templates.WEEKDAYS)}
-    request, task, answer, tool = s.pick(templates.SCENARIOS[category])
-    framing = s.pick(list(templates.FRAMINGS)) if s.chance(templates.FRAMING_RATE) else None
-    distressed = emotion in schema.DISTRESSED_EMOTIONS
-    opener = s.pick(templates.REQUEST_OPENERS)
-    if opener.endswith(","):  # "Hi, draft ..." reads as one sentence
-        request = request[0].lower() + request[1:]
-    parts = [opener, request]
-    if framing:
-        parts.append(s.pick(templates.FRAMINGS[framing]))
-    if s.chance(0.6 if distressed else 0.25):
-        parts.append(s.pick(templates.EMOTION_PHRASES[emotion]))
-    parts.append(s.pick(templates.REQUEST_CLOSERS))
-    req_text = _fill(" ".join(p for p in parts if p), slots)
-    slots["task"] = _fill(task, slots)
-    if outcome == "support":
-        resp = s.pick(templates.SUPPORT_TEMPLATES)
-    elif outcome == "escalate":
-        resp = s.pick(templates.ESCALATE_TEMPLATES)
-    elif outcome == "decline":
-        slots["alternative"] = _fill(s.pick(templates.DECLINE_ALTERNATIVES), slots)
-        resp = s.pick(templates.DECLINE_TEMPLATES)
-    else:
-        tail = (s.pick(templates.SAFEGUARD_NOTES) if outcome == "safeguards"
-                else s.pick(templates.PROCEED_CLOSERS))
-        opener = s.pick(templates.PROCEED_OPENERS)
-        sep = "\n\n" if "\n" in answer else " "  # code stands on its own lines
-        resp = sep.join(p for p in (opener, answer, tail) if p)
-    return req_text, _fill(resp, slots), tool, framing
+SPLITS = ("train", "heldout", "heldout_templates", "shift_boundary", "shift_evidence")
+EVAL_SPLITS = SPLITS[1:]
+# Examples per evaluation split by default: EVAL_SHARE of num_examples up to EVAL_EXAMPLES
+# (2,000 gives a 95% CI of about +-0.01 near 0.97 accuracy; the 10,000-example demo gets it).
+EVAL_EXAMPLES = 2000
+EVAL_SHARE = 0.2
+SPLIT_DESCRIPTIONS = {
+    "train": "the training distribution, training templates",
+    "heldout": "i.i.d. with train (same distribution and templates), no prompt repeated",
+    "heldout_templates": "the training telemetry distribution written with templates reserved from training "
+                         "(scenarios, framings, request and response wordings)",
+    "shift_boundary": "trust within boundary_width of its domain's requirement; other fields as proposed",
+    "shift_evidence": "half escalations, half not, decided by the evidence gate: no distress, trust at least "
+                      "evidence_trust_clearance above the requirement, risk within evidence_risk_window of "
+                      "the threshold",
+}
 
 
 def format_tags(telemetry: dict, domain: str) -> str:
@@ -167,7 +75,8 @@ def format_tags(telemetry: dict, domain: str) -> str:
     return "".join(tags)
 
 
-def _bias(telemetry: dict, domain: str, framing) -> dict:
+def bias_labels(telemetry: dict, domain: str, framing) -> dict:
+    """The bias labels: a request framing, or the telemetry pattern of that bias."""
     req = schema.DOMAIN_TRUST[domain]
     active = {
         "authority": framing == "authority" or (telemetry["trust"] >= req + schema.HIGH_TRUST_MARGIN - 1e-9
@@ -182,44 +91,56 @@ def _bias(telemetry: dict, domain: str, framing) -> dict:
     return {k: int(active[k]) for k in schema.BIAS_CATEGORIES}
 
 
-def generate_examples(num_examples: int, seed: int) -> list:
-    """The examples (dicts without `split`), in generation order."""
-    rng = np.random.default_rng(seed)
-    n = num_examples
-    category = np.array(_apportion(schema.CATEGORY_WEIGHTS, n))[rng.permutation(n)]
-    domain = np.array(_apportion(schema.DOMAIN_WEIGHTS, n))[rng.permutation(n)]
-    band = np.array(_apportion(schema.BAND_WEIGHTS, n))[rng.permutation(n)]
-    dom_idx = np.array([schema.DOMAINS.index(d) for d in domain])
-    band_idx = np.array([schema.CONFIDENCE_BANDS.index(b) for b in band])
-    tel = sample_telemetry(rng, dom_idx, band_idx)
-    rule = _rule(dom_idx, tel)
-    assert np.array_equal(rule["band"], band_idx)
+def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> tuple:
+    """`n` examples with telemetry from `telemetry_fn(rng, domain_idx)` and text from `tpl`.
+
+    Returns (examples, info): info holds per-example arrays `rule_hitl` (noise-free),
+    `hitl` (recorded), `logp` (log P(response | prompt) under the generator), `bytes`
+    (UTF-8 length of the response) and `evidence` (in the evidence slice). `seen` holds
+    the prompts of every split so far.
+    """
+    category = np.array(draws.apportion(schema.CATEGORY_WEIGHTS, n))[rng.permutation(n)]
+    domain = np.array(draws.apportion(schema.DOMAIN_WEIGHTS, n))[rng.permutation(n)]
+    dom_idx = np.array([schema.DOMAINS.index(d) for d in domain], np.int64)
+    tel = telemetry_fn(rng, dom_idx)
+    rule = draws.rule(dom_idx, tel)
     unc = schema.uncertainty_arrays(dom_idx, tel["trust"], tel["intensity"], tel["verify"], tel["attest"],
                                     tel["bound"], tel["emotion"], tel["state"], tel["model"])
     noisy = np.zeros(n, bool)
     noisy[rng.permutation(n)[: int(round(n * schema.LABEL_NOISE_RATE))]] = True
     uniforms = rng.random((n, 24))
+    # The recorded outcome given the prompt: the rule's, or (noise) its opposite.
+    outcome_logp = np.where(noisy, np.log(schema.LABEL_NOISE_RATE), np.log1p(-schema.LABEL_NOISE_RATE))
 
-    examples, seen = [], set()
+    examples = []
+    cols = {k: v.tolist() for k, v in tel.items()}
+    unc = [[round(x, 3) for x in row] for row in unc.tolist()]
+    hitl_rule, band_rule, decision_rule = rule["hitl"].tolist(), rule["band"].tolist(), rule["decision"].tolist()
+    conflict_rule = rule["conflict"].tolist()
+    category_l, domain_l, noisy_l = category.tolist(), domain.tolist(), noisy.tolist()
+    evidence = schema.slice_masks(dom_idx, tel["trust"], tel["intensity"], tel["emotion"], rule["risk"])["evidence"]
+    info = {"rule_hitl": rule["hitl"], "hitl": np.zeros(n, np.int64), "logp": outcome_logp,
+            "bytes": np.zeros(n, np.int64), "evidence": evidence}
     for i in range(n):
-        t = {"trust": float(tel["trust"][i]), "emotion": schema.EMOTIONS[tel["emotion"][i]],
-             "intensity": float(tel["intensity"][i]), "verify": float(tel["verify"][i]),
-             "attest": float(tel["attest"][i]), "bound": float(tel["bound"][i]),
-             "decision": schema.STATES[tel["state"][i]], "model": schema.MODELS[tel["model"][i]]}
-        hitl = int(rule["hitl"][i])
-        b = schema.CONFIDENCE_BANDS[rule["band"][i]]
-        decision = schema.DECISIONS[rule["decision"][i]]
-        if noisy[i]:  # the recorded outcome disagrees with the rule; band and decision follow it
+        t = {"trust": cols["trust"][i], "emotion": schema.EMOTIONS[cols["emotion"][i]],
+             "intensity": cols["intensity"][i], "verify": cols["verify"][i],
+             "attest": cols["attest"][i], "bound": cols["bound"][i],
+             "decision": schema.STATES[cols["state"][i]], "model": schema.MODELS[cols["model"][i]]}
+        hitl = hitl_rule[i]
+        b = schema.CONFIDENCE_BANDS[band_rule[i]]
+        decision = schema.DECISIONS[decision_rule[i]]
+        if noisy_l[i]:  # the recorded outcome disagrees with the rule; band and decision follow it
             hitl = 1 - hitl
             b = "low" if hitl else "medium"
             decision = "escalate" if hitl else ("decline" if t["decision"] == "DENIED"
                                                 else "proceed_with_safeguards")
         outcome = {"proceed": "proceed", "proceed_with_safeguards": "safeguards", "decline": "decline",
                    "escalate": "support" if b == "uncertain_emotional" else "escalate"}[decision]
-        tags = format_tags(t, str(domain[i]))
+        tags = format_tags(t, domain_l[i])
         u = uniforms[i]
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text
-            req_text, response, tool, framing = _text(str(category[i]), str(domain[i]), t["emotion"], outcome, u)
+            req_text, response, tool, framing, logp = wording.text(category_l[i], domain_l[i], t["emotion"],
+                                                            outcome, u, tpl)
             prompt = tags + "\n" + req_text
             if prompt not in seen:
                 break
@@ -227,14 +148,17 @@ def generate_examples(num_examples: int, seed: int) -> list:
         else:
             raise RuntimeError(f"could not draw a unique prompt for example {i}")
         seen.add(prompt)
+        info["hitl"][i] = hitl
+        info["logp"][i] += logp
+        info["bytes"][i] = len(response.encode("utf-8"))
         if hitl:
             tool = "human_handoff"
         elif decision == "decline":
             tool = "none"
         examples.append({
-            "id": f"gov-{seed}-{i:07d}",
-            "category": str(category[i]),
-            "domain": str(domain[i]),
+            "id": f"{id_prefix}{i:07d}",
+            "category": category_l[i],
+            "domain": domain_l[i],
             "confidence_band": b,
             "telemetry": t,
             "prompt": prompt,
@@ -243,13 +167,19 @@ def generate_examples(num_examples: int, seed: int) -> list:
                 "hitl": hitl,
                 "decision": decision,
                 "confidence": b,
-                "uncertainty": {k: round(float(unc[i, j]), 3) for j, k in enumerate(schema.UNCERTAINTY_DIMS)},
-                "bias": _bias(t, str(domain[i]), framing),
+                "uncertainty": dict(zip(schema.UNCERTAINTY_DIMS, unc[i])),
+                "bias": bias_labels(t, domain_l[i], framing),
                 "tool": tool,
-                "conflict": schema.CONFLICTS[rule["conflict"][i]],
+                "conflict": schema.CONFLICTS[conflict_rule[i]],
             },
         })
-    return examples
+    return examples, info
+
+
+def generate_examples(num_examples: int, seed: int) -> list:
+    """Examples of the training distribution (dicts without `split`), in generation order."""
+    return _build(np.random.default_rng(seed), num_examples, draws.iid_telemetry, templates.TRAIN,
+                  f"gov-{seed}-", set())[0]
 
 
 def _check_out_dir(out_dir) -> Path:
@@ -264,18 +194,34 @@ def _check_out_dir(out_dir) -> Path:
     return out
 
 
-def _validate_args(num_examples, heldout_fraction):
+def _validate_args(num_examples, heldout_fraction, eval_examples):
     if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples <= 0:
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
     if not 0.0 <= float(heldout_fraction) < 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction!r}")
+    if eval_examples is not None and (isinstance(eval_examples, bool)
+                                      or not isinstance(eval_examples, (int, np.integer)) or eval_examples < 0):
+        raise ValueError(f"eval_examples must be a non-negative integer or None, got {eval_examples!r}")
 
 
-def _rule_accuracy(records: list) -> float:
-    if not records:
-        return float("nan")
-    hits = sum(schema.apply_rule(r["telemetry"], r["domain"])["hitl"] == r["labels"]["hitl"] for r in records)
-    return hits / len(records)
+def _split_figures(info: dict, mask: np.ndarray, tpl_name: str) -> dict:
+    """A split's size, ceiling, majority baseline and response floor from its generation info."""
+    n = int(mask.sum())
+    if not n:
+        return {"count": 0, "templates": tpl_name}
+    hitl, rule_hitl = info["hitl"][mask], info["rule_hitl"][mask]
+    rate = float(hitl.mean())
+    nbytes = int(info["bytes"][mask].sum())
+    return {
+        "count": n,
+        "templates": tpl_name,
+        "hitl_rate": rate,
+        "hitl_ceiling": float((hitl == rule_hitl).mean()),
+        "hitl_majority_baseline": max(rate, 1.0 - rate),
+        "evidence_slice": int(info["evidence"][mask].sum()),
+        "response_bytes": nbytes,
+        "response_floor_nats_per_byte": float(-info["logp"][mask].sum() / max(nbytes, 1)),
+    }
 
 
 def _summaries(records: list) -> tuple:
@@ -310,34 +256,51 @@ def _write_split(out: Path, split: str, records: list) -> list:
     return shards
 
 
-def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction: float = 0.03) -> dict:
-    """Generates, splits and writes the dataset; returns the manifest (also in manifest.json)."""
-    _validate_args(num_examples, heldout_fraction)
+def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction: float = 0.03,
+                     eval_examples: int | None = None) -> dict:
+    """Generates, splits and writes the dataset; returns the manifest (also in manifest.json).
+
+    `train` holds `num_examples - round(heldout_fraction * num_examples)` examples. The
+    i.i.d. `heldout` split holds max(round(heldout_fraction * num_examples), eval_examples)
+    examples and each other evaluation split `eval_examples` (default
+    min(EVAL_EXAMPLES, round(EVAL_SHARE * num_examples))); they are generated beyond
+    `num_examples`.
+    """
+    _validate_args(num_examples, heldout_fraction, eval_examples)
     out = _check_out_dir(out_dir)
-    seed = int(seed)
-    examples = generate_examples(int(num_examples), seed)
-    n = len(examples)
-    n_held = int(round(n * heldout_fraction))
-    if heldout_fraction > 0 and n_held == 0 and n > 1:
-        n_held = 1
-    held = np.zeros(n, bool)
-    held[np.random.default_rng([seed, 1]).permutation(n)[:n_held]] = True
-    splits = {"train": [], "heldout": []}
-    for ex, h in zip(examples, held):
-        split = "heldout" if h else "train"
-        rec = {"id": ex["id"], "split": split}
-        rec.update((k, v) for k, v in ex.items() if k != "id")
-        splits[split].append(rec)
+    n, seed = int(num_examples), int(seed)
+    n_frac = int(round(n * heldout_fraction))
+    if heldout_fraction > 0 and n_frac == 0 and n > 1:
+        n_frac = 1
+    n_eval = min(EVAL_EXAMPLES, int(round(EVAL_SHARE * n))) if eval_examples is None else int(eval_examples)
+    n_held = max(n_frac, n_eval)
+
+    seen: set = set()
+    pool, info = _build(np.random.default_rng(seed), n - n_frac + n_held, draws.iid_telemetry, templates.TRAIN,
+                        f"gov-{seed}-", seen)
+    held = np.zeros(len(pool), bool)
+    held[np.random.default_rng([seed, 1]).permutation(len(pool))[:n_held]] = True
+    parts = {"train": ([e for e, h in zip(pool, held) if not h], info, ~held, "train"),
+             "heldout": ([e for e, h in zip(pool, held) if h], info, held, "train")}
+    for k, (split, fn, tpl_name) in enumerate((("heldout_templates", draws.iid_telemetry, "heldout"),
+                                               ("shift_boundary", draws.boundary_telemetry, "train"),
+                                               ("shift_evidence", draws.evidence_telemetry, "train"))):
+        tpl = templates.HELDOUT if tpl_name == "heldout" else templates.TRAIN
+        ex, inf = _build(np.random.default_rng([seed, 2, k]), n_eval, fn, tpl, f"gov-{seed}-{split}-", seen)
+        parts[split] = (ex, inf, np.ones(len(ex), bool), tpl_name)
 
     manifest = {
-        "format": "promethios-governance/1",
+        "format": "promethios-governance/2",
         "seed": seed,
         "num_examples": n,
         "heldout_fraction": float(heldout_fraction),
+        "eval_examples": n_eval,
         "label_noise_rate": schema.LABEL_NOISE_RATE,
         "telemetry_dim": schema.TELEMETRY_DIM,
+        "telemetry_features": list(schema.TELEMETRY_FEATURES),
         "shards": {},
-        "counts": {"total": n, **{s: len(splits[s]) for s in SPLITS}, "by_split": {}},
+        "splits": {},
+        "counts": {"total": len(pool) + 3 * n_eval, "by_split": {}},
         "label_rates": {},
         "rule": {
             "domain_trust": schema.DOMAIN_TRUST,
@@ -347,18 +310,28 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
             "state_risk": schema.STATE_RISK,
             "model_risk": schema.MODEL_RISK,
             "precedence": ["distress", "trust_gate", "evidence_gate", "decline_if_denied", "high_or_medium"],
+            "boundary_width": schema.BOUNDARY_WIDTH,
+            "evidence_trust_clearance": schema.EVIDENCE_TRUST_CLEARANCE,
+            "evidence_risk_window": schema.EVIDENCE_RISK_WINDOW,
         },
     }
     for split in SPLITS:
-        counts, rates = _summaries(splits[split])
+        examples, inf, mask, tpl_name = parts[split]
+        records = [{"id": ex["id"], "split": split, **{k: v for k, v in ex.items() if k != "id"}}
+                   for ex in examples]
+        fig = _split_figures(inf, mask, tpl_name)
+        fig["description"] = SPLIT_DESCRIPTIONS[split]
+        manifest["splits"][split] = fig
+        manifest["counts"][split] = len(records)
+        counts, rates = _summaries(records)
         manifest["counts"]["by_split"][split] = counts
         manifest["label_rates"][split] = rates
-        manifest["shards"][split] = _write_split(out, split, splits[split])
-    eval_split = "heldout" if splits["heldout"] else "train"
-    rate = manifest["label_rates"][eval_split]["hitl"]
-    manifest["hitl_ceiling"] = _rule_accuracy(splits[eval_split])
-    manifest["hitl_ceiling_train"] = _rule_accuracy(splits["train"])
-    manifest["hitl_majority_baseline"] = max(rate, 1.0 - rate)
+        manifest["shards"][split] = _write_split(out, split, records)
+        if records:
+            manifest[f"hitl_ceiling_{split}"] = fig["hitl_ceiling"]
+    eval_split = "heldout" if parts["heldout"][0] else "train"
+    manifest["hitl_ceiling"] = manifest["splits"][eval_split]["hitl_ceiling"]
+    manifest["hitl_majority_baseline"] = manifest["splits"][eval_split]["hitl_majority_baseline"]
     manifest["ceiling_split"] = eval_split
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -372,18 +345,25 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--heldout_fraction", type=float, default=0.03)
+    p.add_argument("--eval_examples", type=int, default=None,
+                   help=f"examples per evaluation split (default: {EVAL_SHARE:g} of num_examples, at most "
+                        f"{EVAL_EXAMPLES})")
     a = p.parse_args(argv)
     if a.num_examples <= 0:
         p.error(f"--num_examples must be a positive integer, got {a.num_examples}")
     if not 0.0 <= a.heldout_fraction < 1.0:
         p.error(f"--heldout_fraction must be in [0, 1), got {a.heldout_fraction}")
     try:
-        m = generate_dataset(a.out, a.num_examples, a.seed, a.heldout_fraction)
+        m = generate_dataset(a.out, a.num_examples, a.seed, a.heldout_fraction, a.eval_examples)
     except ValueError as e:
         p.error(f"--out: {e}" if "out_dir" in str(e) else str(e))
-    print(f"wrote {m['counts']['train']} train and {m['counts']['heldout']} held-out examples to {a.out}; "
-          f"hitl rate {m['label_rates']['train']['hitl']:.3f}, ceiling {m['hitl_ceiling']:.3f}, "
-          f"majority baseline {m['hitl_majority_baseline']:.3f}")
+    print(f"wrote {m['counts']['total']} examples to {a.out}; hitl rate of train "
+          f"{m['label_rates']['train']['hitl']:.3f}")
+    for split, f in m["splits"].items():
+        if f["count"]:
+            print(f"  {split}: {f['count']} examples, ceiling {f['hitl_ceiling']:.3f}, majority "
+                  f"{f['hitl_majority_baseline']:.3f}, response floor "
+                  f"{f['response_floor_nats_per_byte']:.4f} nats/byte")
     return 0
 
 

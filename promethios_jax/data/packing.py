@@ -1,9 +1,10 @@
 """Packing examples into rows: fitting an example to the row length, the per-epoch
 packing plan, and writing an example into a batch row (data/batch.py's fields).
 
-Examples longer than `max_seq_len` first lose the tail of their request text (the tags
-and the <assess> token stay), then the tail of their response; `fit` returns None for
-one that cannot keep its tags, <assess> and one response token.
+The prompt (<bos>, tags, request, <assess>) is never cut: it is exactly the prompt that
+generation and serving build, so nothing about the response, its length included,
+reaches the heads. An example longer than `max_seq_len` loses the tail of its response
+only; `fit` returns None for one whose prompt leaves no room for a response token.
 """
 from __future__ import annotations
 
@@ -15,36 +16,24 @@ from promethios_jax.data.tokenizer import encode_example_arrays
 PACK_WINDOW = 16  # open rows first-fit considers; older rows are closed
 
 
-def prefix_len(prompt_ids: np.ndarray, tokenizer) -> int:
-    """Tokens up to and including the last governance tag (<bos> plus the tags)."""
-    gov = np.flatnonzero(tokenizer.is_control(prompt_ids))
-    return int(gov[-1]) + 1 if len(gov) else 1
+def fit(prompt_len: int, response_len: int, max_len: int) -> int | None:
+    """Response tokens kept so that the whole prompt and the response fit `max_len`.
 
-
-def fit(prompt_len: int, response_len: int, prefix_len: int, max_len: int) -> tuple[int, int] | None:
-    """(request tokens to cut, response tokens to cut) to fit `max_len`; None if it cannot."""
-    over = prompt_len + response_len - max_len
-    if over <= 0:
-        return 0, 0
-    cut_req = min(over, prompt_len - prefix_len - 1)  # never the tags, never <assess>
-    cut_resp = over - cut_req
-    if cut_resp >= response_len:
+    The prompt is never cut; None when not even one response token fits after it.
+    """
+    room = max_len - prompt_len
+    if room < 1:
         return None
-    return cut_req, cut_resp
+    return min(response_len, room)
 
 
 def encode_fitted(rec: dict, tokenizer, max_len: int):
     """(prompt, response) ids fitted to `max_len`, or None if the example cannot fit."""
     prompt, response = encode_example_arrays(rec, tokenizer)
-    cuts = fit(len(prompt), len(response), prefix_len(prompt, tokenizer), max_len)
-    if cuts is None:
+    keep = fit(len(prompt), len(response), max_len)
+    if keep is None:
         return None
-    cut_req, cut_resp = cuts
-    if cut_req:
-        prompt = np.concatenate([prompt[:len(prompt) - 1 - cut_req], prompt[-1:]])
-    if cut_resp:
-        response = response[:len(response) - cut_resp]
-    return prompt, response
+    return prompt, response[:keep]
 
 
 def _labels(rec: dict) -> tuple:

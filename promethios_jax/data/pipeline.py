@@ -3,7 +3,7 @@
 The order of the data is a pure function of (seed, epoch, row index), as in Levanter:
 
 * Once, every training example is tokenized to learn its length (after fitting it
-  into `max_seq_len`, see `_fit`).
+  into `max_seq_len`, see `packing.fit`).
 * Per epoch, a packing plan shuffles the examples with `(shuffle_seed, epoch)` and
   packs them first-fit into rows of `max_seq_len` tokens and at most
   `max_segments_per_row` examples. Epochs follow each other: global row `g` is row
@@ -18,10 +18,13 @@ indices reads, tokenizes and packs each row, batches the rows (batching a MapDat
 keeps the output independent of the worker count) and prefetches, in worker processes
 when `config.data.worker_count > 0`.
 
-Examples longer than `max_seq_len` first lose the tail of their request text (the tags
-and the <assess> token stay), then the tail of their response; one that cannot keep
-its tags, <assess> and one response token is skipped. Both counts are logged and kept
-in `iterator.stats`; nothing is dropped silently. A missing or corrupt shard raises
+The prompt (<bos>, tags, request, <assess>) is never cut: it is exactly the prompt that
+generation and serving build (`tokenizer.encode_example`), so nothing about the
+response, its length included, reaches the heads. An example longer than
+`max_seq_len` loses the tail of its response only; one whose prompt leaves no room for
+a response token is skipped in training (and refused by `eval_batches`). Both counts
+are logged and kept in `iterator.stats`; nothing is dropped silently. A missing or
+corrupt shard raises
 `DataError` naming the file (and the record index where known).
 """
 from __future__ import annotations
@@ -158,7 +161,7 @@ def _drop_stale_caches(cache: Path) -> None:
 
 
 def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
-    """int64[N, 3]: (prompt, response, tag prefix) token counts of every example of a split.
+    """int64[N, 2]: (prompt, response) token counts of every example of a split.
 
     Cached in DATA_DIR (see _length_cache), keyed by the manifest and the tokenizer, so
     that restarts skip the tokenizing pass; caches of older data in the dir are removed
@@ -169,14 +172,14 @@ def raw_lengths(data_dir, split: str, tokenizer) -> np.ndarray:
     if cache.is_file():
         try:
             out = np.load(cache)
-            if out.shape == (len(records), 3):
+            if out.shape == (len(records), 2):
                 return out
         except (OSError, ValueError):
             pass
-    out = np.zeros((len(records), 3), np.int64)
+    out = np.zeros((len(records), 2), np.int64)
     for i in range(len(records)):
         prompt, response = encode_example_arrays(records[i], tokenizer)
-        out[i] = len(prompt), len(response), packing.prefix_len(prompt, tokenizer)
+        out[i] = len(prompt), len(response)
     try:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
@@ -196,9 +199,10 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     max_len = int(config.model.max_seq_len)
     raw = raw_lengths(data_dir, "train", tok)
     lengths = np.zeros(len(records), np.int64)
-    for i, (p, r, h) in enumerate(raw.tolist()):
-        if packing.fit(p, r, h, max_len) is not None:
-            lengths[i] = min(p + r, max_len)
+    for i, (p, r) in enumerate(raw.tolist()):
+        keep = packing.fit(p, r, max_len)
+        if keep is not None:
+            lengths[i] = p + keep
     truncated = int((raw[:, 0] + raw[:, 1] > max_len).sum()) - int((lengths == 0).sum())
     skipped = int((lengths == 0).sum())
     stats = {"examples": len(records), "truncated": truncated, "skipped": skipped,
@@ -206,8 +210,9 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     if skipped == len(records):
         raise DataError(f"no training example fits config.model.max_seq_len={max_len}")
     if truncated or skipped:
-        log.warning("data: %d of %d training examples truncated to fit max_seq_len=%d, %d skipped "
-                    "(cannot keep tags, <assess> and a response token)", truncated, len(records), max_len, skipped)
+        log.warning("data: %d of %d training examples lose the tail of their response to fit "
+                    "max_seq_len=%d, %d skipped (the whole prompt and one response token do not fit)",
+                    truncated, len(records), max_len, skipped)
     return lengths, stats
 
 
@@ -298,13 +303,19 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
     Each batch has the training keys plus `ids` (record ids of the real rows),
     `num_valid` (how many rows are real; the last batch may be partial, its padding
     rows have head_mask 0) and `prompt_lengths` int32 [B] (tokens through <assess>,
-    where generation starts). Examples are fitted to max_seq_len like training ones;
-    one that cannot fit raises DataError.
+    where generation starts). Examples are fitted to max_seq_len like training ones
+    (the prompt whole, the response's tail cut); one whose prompt cannot fit raises
+    DataError.
     """
+    return record_batches(config, ShardedRecords(data_dir, split), split, batch_size)
+
+
+def record_batches(config, records, name: str, batch_size: int | None = None):
+    """`eval_batches` over any sequence of records (the eval's perturbed requests, say);
+    `name` labels them in errors."""
     b = int(batch_size or config.eval.batch_size)
     if b <= 0:
         raise DataError(f"batch_size={b} must be positive")
-    records = ShardedRecords(data_dir, split)
     tok = build_tokenizer(config)
     max_len = int(config.model.max_seq_len)
     for start in range(0, len(records), b):
@@ -314,8 +325,8 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
             rec = records[i]
             fitted = packing.encode_fitted(rec, tok, max_len)
             if fitted is None:
-                raise DataError(f"{split} record {i} ({rec.get('id')}) cannot fit "
-                                f"config.model.max_seq_len={max_len}")
+                raise DataError(f"{name} record {i} ({rec.get('id')}): its prompt and one response token "
+                                f"do not fit config.model.max_seq_len={max_len}")
             packing.place(out, row, 0, 0, 1, rec, *fitted)
             out["prompt_lengths"][row] = len(fitted[0])
             ids.append(rec["id"])

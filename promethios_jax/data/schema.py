@@ -22,6 +22,12 @@ HIGH_TRUST_MARGIN = 0.1
 HIGH_MAX_RISK = 0.2
 # Fraction of examples whose recorded HITL outcome disagrees with the rule (reviewer noise).
 LABEL_NOISE_RATE = 0.025
+# Held-out slices (RULES.md, "Splits"): the boundary is trust within BOUNDARY_WIDTH of its
+# domain's requirement; shift_evidence keeps trust at least EVIDENCE_TRUST_CLEARANCE above
+# it and risk within EVIDENCE_RISK_WINDOW of HITL_THRESHOLD.
+BOUNDARY_WIDTH = 0.06
+EVIDENCE_TRUST_CLEARANCE = 0.06
+EVIDENCE_RISK_WINDOW = 0.1
 
 # Capability categories of the production package and their mix.
 CATEGORY_WEIGHTS = {
@@ -59,22 +65,29 @@ MODELS = ("CONSENSUS", "MAJORITY", "SINGLE", "SPLIT")
 MODEL_RISK = {"CONSENSUS": 0.0, "MAJORITY": 0.33, "SINGLE": 0.67, "SPLIT": 1.0}
 
 NUMERIC_KEYS = ("trust", "intensity", "verify", "attest", "bound")
+# Label names per head or label, in class / dimension order (eval's "label_spaces", the
+# server's verdict).
+LABEL_SPACES = {"decision": DECISIONS, "confidence": CONFIDENCE_BANDS, "tool": TOOLS, "conflict": CONFLICTS,
+                "uncertainty": UNCERTAINTY_DIMS, "bias": BIAS_CATEGORIES}
+
 TELEMETRY_KEYS = ("trust", "emotion", "intensity", "verify", "attest", "bound", "decision", "model")
 CATEGORICAL_VALUES = {"emotion": EMOTIONS, "decision": STATES, "model": MODELS}
 
 # Risk weights; each is below HITL_THRESHOLD, so no single evidence field escalates alone.
 RISK_WEIGHTS = {"verify": 0.30, "attest": 0.20, "bound": 0.20, "model": 0.15, "decision": 0.15}
 
-# The continuous telemetry vector, feature by feature.
+# The continuous telemetry vector, feature by feature: the tags' raw values and the
+# domain, nothing computed from the rule (no requirement, margin or distress flag), so
+# that each domain's trust requirement is something the model has to learn.
 TELEMETRY_FEATURES = (
     ("present",)
     + tuple(f"domain={d}" for d in DOMAINS)
-    + ("trust_requirement", "trust", "trust_margin", "intensity", "verify", "attest", "bound", "distress")
+    + NUMERIC_KEYS
     + tuple(f"emotion={e}" for e in EMOTIONS)
     + tuple(f"decision={s}" for s in STATES)
     + tuple(f"model={m}" for m in MODELS)
 )
-TELEMETRY_DIM = len(TELEMETRY_FEATURES)  # 30
+TELEMETRY_DIM = len(TELEMETRY_FEATURES)  # 27
 
 _DOMAIN_INDEX = {d: i for i, d in enumerate(DOMAINS)}
 _EMOTION_INDEX = {e: i for i, e in enumerate(EMOTIONS)}
@@ -85,7 +98,7 @@ _DISTRESSED = np.array([e in DISTRESSED_EMOTIONS for e in EMOTIONS])
 _STATE_RISK = np.array([STATE_RISK[s] for s in STATES])
 _MODEL_RISK = np.array([MODEL_RISK[m] for m in MODELS])
 _O_DOMAIN, _O_NUM = 1, 1 + len(DOMAINS)
-_O_EMOTION = _O_NUM + 8
+_O_EMOTION = _O_NUM + len(NUMERIC_KEYS)
 _O_STATE = _O_EMOTION + len(EMOTIONS)
 _O_MODEL = _O_STATE + len(STATES)
 
@@ -93,18 +106,13 @@ _O_MODEL = _O_STATE + len(STATES)
 def telemetry_vector(telemetry: dict, domain: str) -> np.ndarray:
     """The example's telemetry as float32[TELEMETRY_DIM] (see TELEMETRY_FEATURES).
 
-    Numeric fields enter raw; the domain enters as a one-hot and as its trust
-    requirement, plus the trust margin over it; categorical fields as one-hots.
+    A presence flag, the domain as a one-hot, the numeric tags raw, the categorical
+    tags as one-hots: exactly what the prompt's tags say.
     """
     v = np.zeros(TELEMETRY_DIM, np.float32)
-    req = DOMAIN_TRUST[domain]
-    trust, intensity = float(telemetry["trust"]), float(telemetry["intensity"])
-    distressed = telemetry["emotion"] in DISTRESSED_EMOTIONS
     v[0] = 1.0
     v[_O_DOMAIN + _DOMAIN_INDEX[domain]] = 1.0
-    v[_O_NUM:_O_NUM + 8] = (req, trust, trust - req, intensity, float(telemetry["verify"]),
-                            float(telemetry["attest"]), float(telemetry["bound"]),
-                            intensity if distressed else 0.0)
+    v[_O_NUM:_O_EMOTION] = [float(telemetry[k]) for k in NUMERIC_KEYS]
     v[_O_EMOTION + _EMOTION_INDEX[telemetry["emotion"]]] = 1.0
     v[_O_STATE + _STATE_INDEX[telemetry["decision"]]] = 1.0
     v[_O_MODEL + _MODEL_INDEX[telemetry["model"]]] = 1.0
@@ -141,6 +149,49 @@ def rule_arrays(domain, trust, intensity, verify, attest, bound, emotion, state,
         [1, 2, 3], 0)
     return {"hitl": hitl.astype(np.int64), "band": band, "decision": decision,
             "conflict": conflict, "risk": risk}
+
+
+def slice_masks(domain, trust, intensity, emotion, risk) -> dict:
+    """Boolean masks of the held-out slices (see RULES.md), over arrays as in `rule_arrays`.
+
+    `evidence`: neither trust nor distress decides (trust meets the requirement, no
+    distress), so the rule's verdict is the evidence gate's. `evidence_near`: the
+    `shift_evidence` condition, evidence with trust clear of the requirement and risk near
+    the threshold. `boundary`: the `shift_boundary` condition.
+    """
+    domain, emotion = np.asarray(domain, np.int64), np.asarray(emotion, np.int64)
+    trust, intensity, risk = (np.asarray(a, np.float64) for a in (trust, intensity, risk))
+    req = _REQ[domain]
+    distress = _DISTRESSED[emotion] & (intensity >= DISTRESS_INTENSITY - 1e-9)
+    evidence = (trust >= req - 1e-9) & ~distress
+    near = (evidence & (trust >= req + EVIDENCE_TRUST_CLEARANCE - 1e-9)
+            & (np.abs(risk - HITL_THRESHOLD) <= EVIDENCE_RISK_WINDOW + 1e-9))
+    return {"evidence": evidence, "evidence_near": near,
+            "boundary": np.abs(trust - req) <= BOUNDARY_WIDTH + 1e-9}
+
+
+def requirement(domain) -> np.ndarray:
+    """The trust requirement of domain codes (array)."""
+    return _REQ[np.asarray(domain, np.int64)]
+
+
+def record_arrays(records) -> dict:
+    """The rule's inputs of records (dicts with `telemetry` and `domain`) as arrays."""
+    out = {k: np.array([r["telemetry"][k] for r in records], np.float64) for k in NUMERIC_KEYS}
+    out["domain"] = np.array([_DOMAIN_INDEX[r["domain"]] for r in records], np.int64)
+    out["emotion"] = np.array([_EMOTION_INDEX[r["telemetry"]["emotion"]] for r in records], np.int64)
+    out["state"] = np.array([_STATE_INDEX[r["telemetry"]["decision"]] for r in records], np.int64)
+    out["model"] = np.array([_MODEL_INDEX[r["telemetry"]["model"]] for r in records], np.int64)
+    return out
+
+
+def rule_records(records) -> dict:
+    """`rule_arrays` over records, plus their `slice_masks`."""
+    a = record_arrays(records)
+    r = rule_arrays(a["domain"], a["trust"], a["intensity"], a["verify"], a["attest"], a["bound"],
+                    a["emotion"], a["state"], a["model"])
+    r.update(slice_masks(a["domain"], a["trust"], a["intensity"], a["emotion"], r["risk"]))
+    return r
 
 
 def apply_rule(telemetry: dict, domain: str) -> dict:

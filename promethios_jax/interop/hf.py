@@ -10,7 +10,6 @@ else initialises them fresh. The mapping itself is `promethios_jax.model.hf_llam
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import pprint
@@ -35,20 +34,6 @@ from promethios_jax.model.hf_llama import (ConversionError, TensorMap, check_hf_
                                            tensor_map, to_hf, to_ours)
 from promethios_jax.model.vocab import EMBED_PATH, LM_HEAD_PATH, grow_vocab
 from promethios_jax.state import abstract_train_state
-
-
-def load_config_file(path: str):
-    """get_config() of a config file; `file.py:arg` passes arg, as ml_collections' config flags do."""
-    arg = None
-    if ":" in path and not Path(path).exists():
-        path, arg = path.split(":", 1)
-    p = Path(path)
-    if not p.exists():
-        raise ConversionError(f"--config {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_promethios_config_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def flatten(tree, prefix=()) -> dict:
@@ -76,7 +61,7 @@ def build_import_config(hf_dir, config_path: str | None = None, log=print):
     keys = model_keys_from_hf(hf)
     explicit = config_path is not None
     if explicit:
-        config = load_config_file(config_path)
+        config = config_lib.load_config_file(config_path)
         source = config_path
     elif (hf_dir / PROMETHIOS_CONFIG).exists():
         config = workdir_lib.merge_config(json.loads((hf_dir / PROMETHIOS_CONFIG).read_text()))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from promethios_jax.model.spec import ModelSpec
 
@@ -116,7 +117,11 @@ def apply_rope(x, cos, sin):
 
 
 def _on_gpu() -> bool:
-    return jax.default_backend() in ("gpu", "cuda", "rocm")
+    """Whether this trace is for a GPU: the mesh in context names its devices' platform
+    (so compiling for GPU devices from a CPU host counts), else the default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    platform = getattr(device, "platform", None) or jax.default_backend()
+    return platform in ("gpu", "cuda", "rocm")
 
 
 def attention_mask(q_idx, kv_idx, q_seg=None, kv_seg=None):
@@ -135,17 +140,20 @@ def attention_mask(q_idx, kv_idx, q_seg=None, kv_seg=None):
     return mask
 
 
-def dot_product_attention(q, k, v, *, q_idx, kv_idx, q_seg=None, kv_seg=None, impl: str = "xla"):
+def dot_product_attention(q, k, v, *, q_idx, kv_idx, q_seg=None, kv_seg=None, impl: str = "xla",
+                          max_segments: int | None = None):
     """Causal, segment-aware grouped-query attention.
 
     q [B, Lq, H, hd]; k, v [B, Lk, KV, hd]; q_idx [Lq] or [B, Lq] and kv_idx [Lk] or [B, Lk]
     are the rows' indices in the (cached) sequence, used for causality; q_seg [B, Lq] and
-    kv_seg [B, Lk] are segment ids (None: one document per row). Returns [B, Lq, H, hd].
+    kv_seg [B, Lk] are segment ids (None: one document per row). max_segments bounds the
+    runs of equal segment ids in a row (padding's run included); the cuDNN path needs it
+    to pass packed rows without a [B, 1, L, L] mask. Returns [B, Lq, H, hd].
     """
     if impl == "xla":
         return _attention_xla(q, k, v, attention_mask(q_idx, kv_idx, q_seg, kv_seg))
     if impl == "cudnn":
-        return _attention_cudnn(q, k, v, q_seg, kv_seg)
+        return _attention_cudnn(q, k, v, q_seg, kv_seg, max_segments)
     raise ValueError(f"attention_impl={impl!r}: use 'xla' or 'cudnn'")
 
 
@@ -163,13 +171,57 @@ def _attention_xla(q, k, v, mask):
     return out.reshape(b, lq, h, d)
 
 
-def _attention_cudnn(q, k, v, q_seg, kv_seg):
-    """cuDNN flash attention via jax.nn.dot_product_attention(implementation="cudnn").
+def segment_runs(seg, max_segments: int):
+    """cuDNN's packed layout for rows of contiguous segments: (seqlen [B, M], offsets [B, M+1]).
 
-    Packed rows: jax 0.10's public cuDNN path takes `mask` and folds it into the fused
-    kernel's additive bias, so the segment mask IS honoured (the [B, 1, L, L] bias costs
-    memory but never lets documents see each other). query/key_value_seq_lengths alone
-    could only express trailing padding, which is why they are not used for packing.
+    Each maximal run of equal segment ids (trailing padding's run too) is one cuDNN
+    segment: seqlen holds the runs' lengths and offsets their first rows, -1 past a row's
+    last run. Causal attention inside each run is exactly `attention_mask`'s rule for
+    packed rows whose segments are contiguous (as the pipeline packs them). Also returns
+    a [B] flag of rows with more than M runs, which this layout cannot hold.
+    """
+    b, length = seg.shape
+    idx = jnp.arange(length, dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+    run = jnp.cumsum(starts, axis=1, dtype=jnp.int32) - 1  # run index of each row position
+    n_runs = run[:, -1] + 1
+    m = jnp.arange(max_segments, dtype=jnp.int32)
+    # Positions fall into runs in order, so a run's first position is a row minimum.
+    first = jnp.full((b, max_segments + 1), length, jnp.int32).at[jnp.arange(b)[:, None], run].min(
+        jnp.broadcast_to(idx, (b, length)), mode="drop")
+    valid = m[None, :] < n_runs[:, None]
+    seqlen = jnp.where(valid, first[:, 1:] - first[:, :-1], -1)
+    offsets = jnp.where(jnp.concatenate([valid, jnp.zeros((b, 1), bool)], axis=1), first, -1)
+    return seqlen, offsets, n_runs > max_segments
+
+
+# The mesh axes that shard the batch and the heads (sharding.batch_spec and the "heads"
+# rule of config.DEFAULT_RULES); the cuDNN partitioner needs q, k, v placed alike.
+_BATCH_AXES, _HEAD_AXIS = ("data", "fsdp"), "tensor"
+
+
+def cudnn_partition_specs(batch: int, kv_heads: int):
+    """(qkv spec, per-row spec) for the mesh in context, or (None, None) without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None, None
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    rows = tuple(a for a in _BATCH_AXES if sizes.get(a, 1) > 1)
+    if batch % math.prod(sizes[a] for a in rows):
+        rows = ()
+    rows = rows[0] if len(rows) == 1 else (rows or None)
+    heads = _HEAD_AXIS if sizes.get(_HEAD_AXIS, 1) > 1 and kv_heads % sizes[_HEAD_AXIS] == 0 else None
+    return P(rows, None, heads, None), P(rows, None)
+
+
+def _attention_cudnn(q, k, v, q_seg, kv_seg, max_segments):
+    """cuDNN flash attention (jax 0.10's fused_attention_stablehlo, BTNH layout).
+
+    Packed rows go in cuDNN's packed layout (segment lengths and offsets, Hopper or
+    newer) when max_segments is known; otherwise the segment mask is folded into an
+    additive [B, 1, L, L] bias. On a mesh, q/k/v and the per-row tensors are pinned to
+    one sharding (batch over data x fsdp, heads over tensor): the cuDNN partitioner
+    refuses differing q/k/v shardings and slices the offsets with the batch.
     """
     if not _on_gpu():
         raise RuntimeError(
@@ -184,10 +236,25 @@ def _attention_cudnn(q, k, v, q_seg, kv_seg):
                          "cached decoding uses the XLA path")
     if (q_seg is None) != (kv_seg is None):
         raise ValueError("segment ids must be given for both queries and keys, or for neither")
-    mask = None
-    if q_seg is not None:
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn  # packed layout: not in jax.nn
+
+    qkv_spec, row_spec = cudnn_partition_specs(q.shape[0], k.shape[2])
+    pin = (lambda x, spec: x) if qkv_spec is None else jax.lax.with_sharding_constraint  # noqa: E731
+    q, k, v = (pin(x, qkv_spec) for x in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if q_seg is None:
+        return cudnn.dot_product_attention(q, k, v, scale=scale, mask_type=cudnn.MaskType.CAUSAL)
+    if max_segments is None:
         mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]  # [B, 1, Lq, Lk]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
+        return cudnn.dot_product_attention(q, k, v, mask=mask, scale=scale, mask_type=cudnn.MaskType.CAUSAL)
+    # Self-attention over one sequence: the query's runs are the key's runs.
+    seqlen, offsets, overflow = segment_runs(q_seg, max_segments)
+    seqlen, offsets = pin(seqlen, row_spec), pin(offsets, row_spec)
+    out = cudnn.dot_product_attention(q, k, v, q_seqlen=seqlen, kv_seqlen=seqlen, q_offsets=offsets,
+                                      kv_offsets=offsets, scale=scale, mask_type=cudnn.MaskType.PADDING_CAUSAL)
+    # A row with more runs than the layout holds would be attended wrongly: poison it so
+    # the step's non-finite check stops (or skips) instead of training on it.
+    return jnp.where(overflow[:, None, None, None], jnp.nan, out).astype(out.dtype)
 
 
 class Attention(nnx.Module):
@@ -217,7 +284,7 @@ class Attention(nnx.Module):
             cache = {"k": k, "v": v}
             impl = "xla"  # one query row against a cache: memory-bound, nothing to gain from flash
         o = dot_product_attention(q, k, v, q_idx=ctx.q_idx, kv_idx=ctx.kv_idx, q_seg=ctx.q_seg,
-                                  kv_seg=ctx.kv_seg, impl=impl)
+                                  kv_seg=ctx.kv_seg, impl=impl, max_segments=ctx.max_segments)
         y = jnp.einsum("blnh,nhd->bld", o, self.o_proj.kernel[...])
         return y, cache
 

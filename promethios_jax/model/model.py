@@ -121,8 +121,11 @@ class GovernanceTransformer(nnx.Module):
                 positions = jnp.broadcast_to(jnp.arange(length), (b, length))
         cos, sin = rope_tables(positions, spec)
         if cache is None:
+            # A row holds at most one segment per head slot (the pipeline packs that way)
+            # plus trailing padding: cuDNN's packed layout needs that bound statically.
+            max_segments = None if head_positions is None else jnp.shape(head_positions)[1] + 1
             ctx = Context(cos, sin, jnp.arange(length), jnp.arange(length), segment_ids, segment_ids,
-                          spec.attention_impl)
+                          spec.attention_impl, max_segments=max_segments)
         else:
             cache_len = cache[0]["k"].shape[2]
             ctx = Context(cos, sin, cache_index + jnp.arange(length), jnp.arange(cache_len), segment_ids,

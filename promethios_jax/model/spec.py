@@ -50,7 +50,7 @@ class ModelSpec:
     anchor_layers: tuple = (2, 4)
     uncertainty_layers: tuple = (3, 4)  # inclusive 1-based range the uncertainty head pools
     tool_layers: tuple = (3, 4)  # inclusive 1-based range the tool head pools
-    telemetry_dim: int = 30  # == data.schema.TELEMETRY_DIM
+    telemetry_dim: int = 27  # == data.schema.TELEMETRY_DIM
     telemetry_hidden: int = 0  # 0: d_model
     head_hidden: int = 0  # hidden width of each governance head's MLP; 0: d_model
     n_decisions: int = 4

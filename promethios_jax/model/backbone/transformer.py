@@ -30,6 +30,7 @@ class Context:
     kv_seg: Any  # [B, Lk] or None
     impl: str
     cache_index: Any = None  # where this chunk's keys/values go in the cache
+    max_segments: int | None = None  # bound on runs of equal segment ids per row (cuDNN's packed layout)
 
 
 class DecoderBlock(nnx.Module):

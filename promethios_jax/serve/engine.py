@@ -1,0 +1,407 @@
+"""Continuous batching over fixed decode slots (the JetStream engine shape).
+
+Each of `num_slots` slots owns one row of a KV cache [n, slots, max_len, KV, hd] and
+its own decode state: last token, cache position, telemetry, sampling parameters and
+PRNG key. A request is prefilled alone (its prompt right-padded to a length bucket;
+causal attention keeps the padding invisible), its cache rows are inserted into a free
+slot, and one jitted step then decodes one token for every slot. The step runs the
+model's KV-cache decode per slot under `vmap`, so each slot writes and reads at its own
+position. A row's arithmetic never depends on the other rows, so a greedy answer is the
+same alone or among 31 others.
+
+The loop runs in one thread and keeps one step in flight: while the device computes
+step t+1 the host reads step t's tokens, checks stop conditions and hands the text out.
+The first token comes from the prefill; the governance verdict is the heads read at the
+prompt's last token (<assess>), before any answer token exists.
+
+Longer than 400 lines because the slot state, its jitted steps and the thread that
+drives them change together.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from promethios_jax.model import heads as heads_lib
+from promethios_jax.serve import checkpoint_io as io
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is at its bound; the caller should retry later."""
+
+
+class NotAccepting(RuntimeError):
+    """The engine is warming up or draining."""
+
+
+@dataclasses.dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclasses.dataclass
+class Request:
+    """One generation. The engine fills the fields below the line; events go to `notify`."""
+    id: str
+    prompt_ids: list
+    telemetry: np.ndarray  # float32 [telemetry_dim]
+    params: SamplingParams
+    # ---
+    verdict: dict | None = None
+    output_ids: list = dataclasses.field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already handed out
+    finish_reason: str | None = None
+    cancelled: bool = False
+    t_arrival: float = dataclasses.field(default_factory=time.monotonic)
+    t_admitted: float | None = None
+    t_first: float | None = None
+    t_last: float | None = None
+    t_done: float | None = None
+    slot: int | None = None
+    token_times: list = dataclasses.field(default_factory=list)
+    sink: object = None  # the caller's per-request state (the HTTP layer's event queue)
+
+
+def buckets_for(max_len: int, smallest: int = 32) -> tuple:
+    """Prompt-length buckets: powers of two from `smallest`, and max_len itself."""
+    out, b = [], smallest
+    while b < max_len:
+        out.append(b)
+        b *= 2
+    return tuple(out + [max_len])
+
+
+def _heads(out):
+    """Governance head probabilities at the prompt's last token (already gathered by head_positions)."""
+    return {h.name: heads_lib.probabilities(h, out.heads[h.name][0, 0]) for h in heads_lib.HEADS}
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
+def _prefill_insert(graphdef, params, cache, slots, tokens, length, telemetry, slot, seed, temperature, top_p):
+    """Prefills tokens [1, bucket] (real length `length`), puts the result in `slot`.
+
+    Returns (cache, slots, first token, heads)."""
+    model = nnx.merge(graphdef, params)
+    prefix = model.init_cache(1, tokens.shape[1])
+    out, prefix = model.decode(tokens, prefix, 0, telemetry=telemetry[None],
+                               head_positions=jnp.reshape(length - 1, (1, 1)))
+    key = jax.random.PRNGKey(seed)
+    logits = jax.lax.dynamic_index_in_dim(out.logits[0], length - 1, keepdims=True)
+    first = io.sample_token(logits, jax.random.fold_in(key, length - 1), temperature, top_p)[0]
+    cache = [{name: jax.lax.dynamic_update_slice(c[name], p[name], (0, slot, 0, 0, 0)) for name in c}
+             for c, p in zip(cache, prefix)]
+    slots = {"token": slots["token"].at[slot].set(first), "position": slots["position"].at[slot].set(length),
+             "telemetry": slots["telemetry"].at[slot].set(telemetry), "key": slots["key"].at[slot].set(key),
+             "temperature": slots["temperature"].at[slot].set(temperature),
+             "top_p": slots["top_p"].at[slot].set(top_p)}
+    return cache, slots, first, _heads(out)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
+def _generate_step(graphdef, params, cache, slots):
+    """One token for every slot at its own cache position. Returns (cache, slots, tokens [S])."""
+    model = nnx.merge(graphdef, params)
+    max_len = cache[0]["k"].shape[2]
+
+    def one(token, position, telemetry, rows):
+        rows = jax.tree.map(lambda x: x[:, None], rows)  # this slot's cache as a batch of one
+        out, rows = model.decode(token[None, None], rows, position, telemetry=telemetry[None])
+        return out.logits[0, -1], jax.tree.map(lambda x: x[:, 0], rows)
+
+    logits, cache = jax.vmap(one, in_axes=(0, 0, 0, 1), out_axes=(0, 1))(
+        slots["token"], slots["position"], slots["telemetry"], cache)
+
+    def sample(logits, slots):
+        keys = jax.vmap(jax.random.fold_in)(slots["key"], slots["position"])
+        return jax.vmap(lambda lg, k, t, p: io.sample_token(lg[None], k, t, p)[0])(
+            logits, keys, slots["temperature"], slots["top_p"])
+
+    # All greedy (the common case) skips the per-row sort of nucleus sampling.
+    nxt = jax.lax.cond(jnp.any(slots["temperature"] > 0), sample,
+                       lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits, slots)
+    # An idle slot keeps stepping; its position stays inside the cache.
+    slots = dict(slots, token=nxt, position=jnp.minimum(slots["position"] + 1, max_len - 1))
+    return cache, slots, nxt
+
+
+class Engine:
+    """Fixed decode slots over one model. `submit` from any thread; `start` runs the loop.
+
+    notify(batch) receives lists of (request, event) from the engine thread, once per
+    step; an event is ("verdict", dict), ("text", str) or ("done", finish_reason).
+    """
+
+    def __init__(self, served: io.Served, num_slots: int = 32, max_queue: int = 256, buckets=None,
+                 notify: Callable | None = None, on_step: Callable | None = None, stream_interval: int = 1):
+        if num_slots < 1:
+            raise ValueError(f"num_slots={num_slots} must be at least 1")
+        if max_queue < 0:
+            raise ValueError(f"max_queue={max_queue} must be at least 0")
+        self.served = served
+        self.tokenizer = served.tokenizer
+        self.max_len = served.max_len
+        if stream_interval < 1:
+            raise ValueError(f"stream_interval={stream_interval} must be at least 1")
+        self.num_slots = num_slots
+        self.max_queue = max_queue
+        self.stream_interval = stream_interval
+        self.buckets = tuple(sorted(buckets or buckets_for(self.max_len)))
+        if self.buckets[-1] < self.max_len:
+            self.buckets += (self.max_len,)
+        self.notify = notify or (lambda batch: None)
+        self.on_step = on_step or (lambda engine: None)
+        self.graphdef, self.params = nnx.split(served.model)
+        self.spec = served.model.spec
+        # Committed to the parameters' device from the start: an uncommitted first input
+        # would compile a second program at the first request.
+        device = jax.tree.leaves(self.params)[0].sharding
+        s, t = num_slots, self.spec.telemetry_dim
+        self.cache = jax.device_put(served.model.init_cache(num_slots, self.max_len), device)
+        self.slots = jax.device_put({
+            "token": np.zeros(s, np.int32), "position": np.zeros(s, np.int32),
+            "telemetry": np.zeros((s, t), np.float32), "key": np.zeros((s, 2), np.uint32),
+            "temperature": np.zeros(s, np.float32), "top_p": np.ones(s, np.float32)}, device)
+        self.active: list[Request | None] = [None] * num_slots
+        self.waiting: collections.deque[Request] = collections.deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.accepting = False
+        self.warm = False
+        self.steps = 0
+        self._seeds = itertools.count(int.from_bytes(os.urandom(3), "little"))
+
+    # ----- limits and state, for the API --------------------------------------------------
+    def bucket_for(self, n: int) -> int:
+        for b in self.buckets:
+            if n <= b:
+                return b
+        raise ValueError(f"prompt of {n} tokens is longer than the context of {self.max_len}")
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self.active)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not self.waiting and self.running == 0
+
+    # ----- lifecycle ----------------------------------------------------------------------
+    def warm_up(self) -> float:
+        """Compiles the step and the prefill of every bucket; returns the seconds it took."""
+        t0 = time.monotonic()
+        zero_tel = np.zeros(self.spec.telemetry_dim, np.float32)
+        for b in self.buckets:
+            self._prefill(np.zeros(b, np.int32), 1, zero_tel, 0, 0, 0.0, 1.0)
+        self.cache, self.slots, tok = _generate_step(self.graphdef, self.params, self.cache, self.slots)
+        jax.block_until_ready(tok)
+        self.warm = True
+        return time.monotonic() - t0
+
+    def start(self, warm_up: bool = True) -> None:
+        def run():
+            if warm_up and not self.warm:
+                took = self.warm_up()
+                log.info("warm-up compiled %d prompt buckets %s and the step in %.1fs", len(self.buckets),
+                         self.buckets, took)
+            self.accepting = True
+            self._loop()
+
+        self._thread = threading.Thread(target=run, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._cv:
+            self._stop = True
+            self.accepting = False
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, req: Request) -> None:
+        if len(req.prompt_ids) + req.params.max_tokens > self.max_len:
+            raise ValueError(f"prompt ({len(req.prompt_ids)} tokens) plus max_tokens ({req.params.max_tokens}) "
+                             f"is over the context of {self.max_len} tokens")
+        with self._cv:
+            if not self.accepting:
+                raise NotAccepting("the engine is warming up" if not self.warm else "the server is draining")
+            free = self.num_slots - self.running
+            if len(self.waiting) >= self.max_queue + free:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting (bound {self.max_queue})")
+            self.waiting.append(req)
+            self._cv.notify_all()
+
+    # ----- the loop ---------------------------------------------------------------------
+    def _prefill(self, tokens_1d, length, telemetry, slot, seed, temperature, top_p):
+        b = self.bucket_for(len(tokens_1d))
+        tokens = np.zeros((1, b), np.int32)
+        tokens[0, :len(tokens_1d)] = tokens_1d
+        self.cache, self.slots, first, heads = _prefill_insert(
+            self.graphdef, self.params, self.cache, self.slots, tokens, np.int32(length), telemetry,
+            np.int32(slot), np.uint32(seed), np.float32(temperature), np.float32(top_p))
+        return first, heads
+
+    def _verdict(self, heads) -> dict:
+        h = jax.device_get(heads)
+        hitl = float(h[heads_lib.ESCALATION])
+        threshold = self.served.hitl_threshold
+        verdict = {"hitl_probability": hitl, "escalate": hitl >= threshold, "threshold": threshold}
+        for head in heads_lib.HEADS:
+            names, probs = io.LABEL_SPACES.get(head.name), np.asarray(h[head.name], np.float64)
+            if head.kind == "softmax":
+                verdict[head.name] = names[int(np.argmax(probs))]
+                verdict[f"{head.name}_probabilities"] = dict(zip(names, probs.tolist()))
+            elif head.kind == "soft_multilabel":
+                verdict[head.name] = dict(zip(names, probs.tolist()))
+        return {
+            **verdict,
+            "step": self.served.step,
+            "read_at": "<assess>",
+        }
+
+    def _admit(self, events: list) -> None:
+        """Prefills waiting requests into free slots (each sees its first token at once)."""
+        while True:
+            with self._cv:
+                free = [i for i, r in enumerate(self.active) if r is None]
+                while self.waiting and self.waiting[0].cancelled:
+                    req = self.waiting.popleft()
+                    self._finish(req, "abort", events)
+                if not free or not self.waiting:
+                    return
+                req = self.waiting.popleft()
+                slot = free[0]
+                self.active[slot] = req
+            req.slot, req.t_admitted = slot, time.monotonic()
+            p = req.params
+            seed = p.seed if p.seed is not None else next(self._seeds)
+            first, heads = self._prefill(np.asarray(req.prompt_ids, np.int32), len(req.prompt_ids), req.telemetry,
+                                         slot, seed & 0xFFFFFFFF, p.temperature, p.top_p)
+            req.verdict = self._verdict(heads)
+            events.append((req, ("verdict", req.verdict)))
+            self._on_token(req, int(jax.device_get(first)), events)
+
+    def _on_token(self, req: Request, token: int, events: list) -> None:
+        now = time.monotonic()
+        if req.finish_reason is not None:
+            return
+        if req.cancelled:
+            return self._finish(req, "abort", events)
+        if token == self.tokenizer.eos_id and not req.params.ignore_eos:
+            return self._finish(req, "stop", events)
+        req.output_ids.append(token)
+        if req.t_first is None:
+            req.t_first = now
+        req.t_last = now
+        req.token_times.append(now)
+        done = len(req.output_ids) >= req.params.max_tokens
+        # Text is decoded (and handed out) every stream_interval tokens, at the end, or at
+        # every token when stop strings must be watched.
+        if not (done or req.params.stop or len(req.output_ids) % self.stream_interval == 0):
+            return
+        req.text = self.tokenizer.decode(req.output_ids)
+        stop_at = min((i for i in (req.text.find(s) for s in req.params.stop) if i >= 0), default=-1)
+        if stop_at >= 0:
+            req.text = req.text[:stop_at]
+            return self._finish(req, "stop", events)
+        if done:
+            return self._finish(req, "length", events)
+        # Hold back what may be the start of a stop sequence or an incomplete UTF-8 character.
+        hold = max((len(s) - 1 for s in req.params.stop), default=0)
+        ready = len(req.text) - hold
+        while ready > req.emitted and req.text[ready - 1] == "\ufffd":
+            ready -= 1
+        if ready > req.emitted:
+            events.append((req, ("text", req.text[req.emitted:ready])))
+            req.emitted = ready
+
+    def _finish(self, req: Request, reason: str, events: list) -> None:
+        if reason != "abort":
+            req.text = req.text if reason == "stop" and req.params.stop else self.tokenizer.decode(req.output_ids)
+        req.finish_reason = reason
+        req.t_done = time.monotonic()
+        if reason != "abort" and len(req.text) > req.emitted:
+            events.append((req, ("text", req.text[req.emitted:])))
+            req.emitted = len(req.text)
+        events.append((req, ("done", reason)))
+        with self._cv:
+            if req.slot is not None and self.active[req.slot] is req:
+                self.active[req.slot] = None
+
+    def _process(self, tokens, owners, events: list) -> None:
+        host = np.asarray(jax.device_get(tokens))
+        for slot, req in enumerate(owners):
+            if req is not None and self.active[slot] is req:
+                self._on_token(req, int(host[slot]), events)
+
+    def _loop(self) -> None:
+        pending = None  # (tokens of the step in flight, the slot owners when it was dispatched)
+        while True:
+            events: list = []
+            with self._cv:
+                while not self._stop and not self.waiting and self.running == 0 and pending is None:
+                    self._cv.wait(0.5)
+                if self._stop:
+                    return
+            self._admit(events)
+            if self.running:
+                owners = list(self.active)
+                self.cache, self.slots, tokens = _generate_step(self.graphdef, self.params, self.cache, self.slots)
+                self.steps += 1
+            else:
+                tokens = owners = None
+            if pending is not None:
+                self._process(*pending, events)  # overlaps the step just dispatched
+            pending = None if tokens is None else (tokens, owners)
+            if events:
+                self.notify(events)
+            self.on_step(self)
+
+    # ----- synchronous use (tests, benchmarks) -------------------------------------------
+    def generate(self, requests: list[Request], timeout: float = 600.0) -> list[Request]:
+        """Submits the requests and waits until every one is done (the loop must be running)."""
+        done = threading.Event()
+        left = {r.id for r in requests}
+        outer = self.notify
+
+        def notify(batch):
+            outer(batch)
+            for req, (kind, _) in batch:
+                if kind == "done":
+                    left.discard(req.id)
+            if not left:
+                done.set()
+
+        self.notify = notify
+        try:
+            for r in requests:
+                self.submit(r)
+            if not done.wait(timeout):
+                raise TimeoutError(f"{len(left)} of {len(requests)} requests unfinished after {timeout}s")
+        finally:
+            self.notify = outer
+        return requests
