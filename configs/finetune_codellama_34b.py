@@ -25,7 +25,7 @@ Import and train as in configs/finetune_llama3_8b.py.
 """
 from pathlib import Path
 
-from promethios_jax.interop.hf import load_config_file
+from promethios_jax.config import load_config_file
 
 
 def get_config():

@@ -27,7 +27,7 @@ resumes mid-stage exactly. About 3 epochs in all, as the 8B recipe.
 """
 from pathlib import Path
 
-from promethios_jax.interop.hf import load_config_file
+from promethios_jax.config import load_config_file
 
 
 def get_config():
