@@ -15,12 +15,12 @@ attention, the CPU compiler's buffer assignment) gives, per device:
     fp32 moments   99.4 GiB  (arguments 47.3 GiB, temporaries 52.1 GiB)
     bf16 moments   84.4 GiB  (arguments 31.5 GiB, temporaries 52.9 GiB)
 
-so even with bf16 moments this bound is above the ~74.5 GiB an 80 GB GPU holds; the GPU
-compile (cuDNN attention) is lower but was not measured here. By the arithmetic, about
-31 GiB of the temporaries are the accumulation's two fp32 gradient buffers (15.7 GiB
-each). Until a GPU compile shows it fits, run it on two 8-GPU hosts (`mesh.fsdp=16`
-halves the sharded state and gradients) or train fewer parts (`train.trainable="layers+norm+governance"` frees little; low-rank
-adapters are not implemented).
+so even with bf16 moments this bound is above the ~74.5 GiB an 80 GB GPU holds. XLA's GPU
+compiler (cuDNN attention, `--dry_run --target=h100`, 2026-11-30) agrees: 83.24 GiB per
+device on one 8-GPU host (1x1x8) against a 71.20 GiB limit, and 55.19 GiB on two hosts
+(1x2x8, `--config.train.grad_accum_steps=16`), which fits. About 31 GiB of the
+temporaries are the accumulation's two fp32 gradient buffers. So: run it on two 8-GPU
+hosts; one host needs low-rank adapters, which are not implemented.
 Import and train as in configs/finetune_llama3_8b.py.
 """
 from pathlib import Path
