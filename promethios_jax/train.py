@@ -182,9 +182,9 @@ def train(config, workdir: str, stop_after: int | None = None, allow_oversubscri
     else:
         plan = stages.make_plan(config)
     multi = len(plan.stages) > 1
-    manager = ckpt.make_manager(wd, config.checkpoint)
-    # A checkpoint holds the optimizer state of the stage of its last step.
-    saved = sorted(manager.all_steps())
+    # A checkpoint holds the optimizer state of the stage of its last step. Listed without
+    # a manager: nothing may be created in the workdir before the fit check.
+    saved = workdir_lib.checkpoint_steps(wd)
     k_state = plan.stage_of_state(saved[-1] if saved else 0)
     k, _ = plan.locate(saved[-1] if saved else 0)
     total_steps = plan.total_steps if stop_after is None else min(plan.total_steps, stop_after)
@@ -193,6 +193,7 @@ def train(config, workdir: str, stop_after: int | None = None, allow_oversubscri
         runner.compile(k)
     if data_dir is None:
         data_dir = prepare_data(config, wd)
+    manager = ckpt.make_manager(wd, config.checkpoint)
 
     def restore(k_from):
         abstract = (runner.compiled.setup if runner.index == k_from
