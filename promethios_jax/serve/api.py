@@ -449,7 +449,7 @@ class _Shapes:
     def text_template(self) -> tuple[bytes, bytes]:
         """The SSE bytes of a text chunk around its JSON-encoded text, built once per request
         so that each token costs one string encode rather than a whole chunk's."""
-        mark = "\u0001" + uuid.uuid4().hex  # cannot occur in the id or the model name
+        mark = "\u0000text\u0000"  # JSON-escaped, it cannot occur in the id or a model name
         before, after = _sse(self.chunk(mark)).split(json.dumps(mark).encode())
         return before, after
 

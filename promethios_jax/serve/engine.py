@@ -87,12 +87,29 @@ class Request:
 
 
 def buckets_for(max_len: int, smallest: int = 32) -> tuple:
-    """Prompt-length buckets: powers of two from `smallest`, and max_len itself."""
-    out, b = [], smallest
+    """Prompt-length buckets: powers of two from `smallest`, 1.5x each from 128 on, and max_len.
+
+    The steps past 128 halve the padding where prompts are long and a prefill is dear (at
+    demo size a 129-token prompt cost 7.6 ms in the 256 bucket, 2.7 ms in one of 192)."""
+    out, b = set(), smallest
     while b < max_len:
-        out.append(b)
+        out.add(b)
+        if b >= 128 and b * 3 // 2 < max_len:
+            out.add(b * 3 // 2)
         b *= 2
-    return tuple(out + [max_len])
+    return tuple(sorted(out)) + (max_len,)
+
+
+def detokenize(tokenizer, req: Request) -> None:
+    """Extends req.text by the tokens since the last call, decoding a short window (the
+    tokens from the last complete character on) instead of the whole output; an
+    incomplete UTF-8 character at the end waits for its next byte."""
+    ids = req.output_ids
+    before = tokenizer.decode(ids[req.decode_from:req.decoded])
+    now = tokenizer.decode(ids[req.decode_from:])
+    if len(now) > len(before) and not now.endswith("\ufffd"):
+        req.text += now[len(before):]
+        req.decode_from, req.decoded = req.decoded, len(ids)
 
 
 class _Static:
@@ -345,7 +362,7 @@ class Engine:
         stops = req.params.stop
         if not (done or stops or len(req.output_ids) % self.stream_interval == 0):
             return
-        self._detokenize(req)
+        detokenize(self.tokenizer, req)
         stop_at = min((i for i in (req.text.find(s) for s in stops) if i >= 0), default=-1)
         if stop_at >= 0:
             return self._finish(req, "stop", events, req.text[:stop_at])
@@ -356,17 +373,6 @@ class Engine:
         if ready > req.emitted:
             events.append((req, ("text", req.text[req.emitted:ready])))
             req.emitted = ready
-
-    def _detokenize(self, req: Request) -> None:
-        """Extends req.text by the tokens since the last call, decoding a short window (the
-        tokens from the last complete character on) instead of the whole output; an
-        incomplete UTF-8 character at the end waits for its next byte."""
-        ids, decode = req.output_ids, self.tokenizer.decode
-        before = decode(ids[req.decode_from:req.decoded])
-        now = decode(ids[req.decode_from:])
-        if len(now) > len(before) and not now.endswith("\ufffd"):
-            req.text += now[len(before):]
-            req.decode_from, req.decoded = req.decoded, len(ids)
 
     def _finish(self, req: Request, reason: str, events: list, text: str | None = None) -> None:
         """Ends a request; `text` is its final text when a stop sequence cut it, else the whole decode."""
