@@ -104,8 +104,14 @@ def param_count(model) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.split(model, nnx.Param)[1])))
 
 
-def heldout_requests(workdir, split: str = "heldout") -> list[dict]:
-    """The run's held-out records as request bodies' parts: text, telemetry, domain."""
+def heldout_requests(workdir, split: str = "heldout", max_tokens: int | None = None) -> list[dict]:
+    """The run's held-out records as request bodies' parts: text, telemetry, domain.
+
+    With max_tokens, only those whose prompt leaves room for max_tokens in the context."""
     config, _ = read_config(workdir)
-    return [{"text": r["prompt"].split("\n", 1)[1], "telemetry": r["telemetry"], "domain": r["domain"]}
-            for r in load_split(str(data_dir(config, workdir)), split)]
+    out = [{"text": r["prompt"].split("\n", 1)[1], "telemetry": r["telemetry"], "domain": r["domain"]}
+           for r in load_split(str(data_dir(config, workdir)), split)]
+    if max_tokens is not None:
+        tok, room = build_tokenizer(config), int(config.model.max_seq_len) - max_tokens
+        out = [r for r in out if len(prompt_ids(tok, r["telemetry"], r["domain"], r["text"])) <= room]
+    return out

@@ -69,6 +69,9 @@ class EscalationStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_open = max_open
         self._lock = threading.Lock()
+        # Counted once here and kept up to date by add and resolve: re-reading every file at
+        # each escalation made a long-running server slower with every request it kept.
+        self._num_open = len(self.open())
 
     def _path(self, esc_id: str) -> Path:
         if not esc_id.replace("-", "").isalnum():
@@ -90,9 +93,10 @@ class EscalationStore:
     def add(self, entry: dict) -> bool:
         """Keeps an escalation; False when max_open are already open."""
         with self._lock:
-            if len(self.open()) >= self.max_open:
+            if self._num_open >= self.max_open:
                 return False
             _write_json(self._path(entry["id"]), dict(entry, status="open", created=time.time()))
+            self._num_open += 1
             return True
 
     def get(self, esc_id: str) -> dict:
@@ -108,6 +112,7 @@ class EscalationStore:
                 raise ValueError(f"escalation {esc_id} is already {entry['status']}")
             entry.update(status="resolved", resolution=dict(resolution, resolved_at=time.time()))
             _write_json(self._path(esc_id), entry)
+            self._num_open -= 1
             return entry
 
 
