@@ -40,6 +40,7 @@ def small_config():
     c.checkpoint.every_steps = 1
     c.eval.batch_size = 16
     c.eval.max_new_tokens = 16
+    c.model.max_seq_len = 384  # whole byte-token prompts: with asides the longest is ~360 bytes
     return c
 
 
