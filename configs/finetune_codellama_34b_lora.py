@@ -15,10 +15,23 @@ trained in their place:
   The 48 decoder layers and the final norm are frozen: no gradient, no optimizer state.
 - learning rate 1e-4 (QLoRA's setting for its 33B/65B models; adapters start at zero and
   want a larger rate than the full fine-tune's 5e-5); 3 epochs, effective batch 256.
+- float32 Adam moments: the bf16 lever of the full recipe is not needed for 0.7 B
+  trainable parameters.
 
-The frozen base stays in float32 (`param_dtype`): it fits, so nothing is rounded.
-Per device, by XLA's GPU compiler (H100 target, 1x1x8, cuDNN attention, 2026-11-30):
-see BENCHMARKS.md, "LoRA on one host". Import and train as in finetune_llama3_8b.py;
+Memory per device, by XLA's GPU compiler (`--dry_run --target=h100 --topology=1x1x8`,
+cuDNN attention, 2026-11-30; BENCHMARKS.md): 34.50 GiB against the 71.20 GiB limit
+(arguments 17.11 GiB: the frozen float32 base, 33.9 B x 4 bytes / 8, and 1.09 GiB of
+optimizer state; temporaries 17.40 GiB). The CPU dry run's bound: 33.41 GiB. The base
+stays in float32 (`param_dtype`): it fits, so nothing is rounded; bfloat16 storage would
+save ~8 GiB more. No gradient is computed or accumulated for the frozen base.
+
+Import and train as in finetune_llama3_8b.py, with this file as the import's --config
+(the adapters start at B = 0: the imported model is the base exactly):
+
+    python -m promethios_jax.convert import --hf=/models/CodeLlama-34b-Instruct-hf --out=runs/gov34b \
+        --config=configs/finetune_codellama_34b_lora.py
+    python -m promethios_jax.train --workdir=runs/gov34b --config=runs/gov34b/config.py
+
 `convert export` merges the adapters into the weights (W + alpha/r A@B), so the export
 is a plain LlamaForCausalLM.
 """
@@ -36,4 +49,5 @@ def get_config():
     t = c.train
     t.trainable = "lora+embeddings+governance"
     t.learning_rate = 1e-4
+    t.moments_dtype = "float32"  # 0.7 B trainable parameters: full-precision moments are 1.09 GiB per device
     return c

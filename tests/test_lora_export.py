@@ -10,43 +10,18 @@ pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.slow  # an import, a short LoRA fine-tune and an export
 
 import promethios_jax  # noqa: E402
-from promethios_jax import convert  # noqa: E402
-from promethios_jax import generate as gen  # noqa: E402
-from promethios_jax.config import load_config_file  # noqa: E402
 from promethios_jax.data.records import load_split  # noqa: E402
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays  # noqa: E402
 from promethios_jax.interop.safetensors_io import SafetensorsReader  # noqa: E402
-from tests.hf_base import make_hf_base  # noqa: E402
-
-RUN_CONFIG = '''
-from promethios_jax.config import base_config
-
-
-def get_config():
-    c = base_config()
-    c.model.update(max_seq_len=256, compute_dtype="float32", lora_rank=4, lora_alpha=8.0)
-    c.data.path = {data!r}
-    c.train.update(steps=4, global_batch_size=8, warmup_steps=1, learning_rate=2e-2, log_every=1,
-                   trainable="lora+embeddings+governance")
-    c.checkpoint.update(every_steps=2, async_save=False)
-    c.mesh.update(data=-1, fsdp=1, tensor=1)
-    return c
-'''
+from tests.hf_base import greedy_both, import_train_export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from promethios_jax.train import train
-
     root = tmp_path_factory.mktemp("lora_export")
-    base = make_hf_base(root / "base", root / "data", vocab_size=600)
-    (root / "run_config.py").write_text(RUN_CONFIG.format(data=str(root / "data")))
-    wd = root / "wd"
-    convert.import_hf(base, wd, config_path=str(root / "run_config.py"), log=lambda *_: None)
-    config = load_config_file(str(wd / "config.py"))
-    train(config, str(wd))
-    out = root / "export"
-    convert.export_workdir(wd, out, log=lambda *_: None)
+    base, wd, out, config = import_train_export(
+        root, model={"lora_rank": 4, "lora_alpha": 8.0},
+        train_keys={"learning_rate": 2e-2, "trainable": "lora+embeddings+governance"})
     return root, base, wd, out, config
 
 
@@ -73,11 +48,5 @@ def test_transformers_on_the_merged_export_equals_ours(exported):
             hf_logits = hf_model(torch.as_tensor(prompt[None].astype(np.int64))).logits[0].numpy()
         ours_logits = np.asarray(model(prompt[None]).logits[0])
         np.testing.assert_allclose(ours_logits, hf_logits[:, :ours_logits.shape[-1]], rtol=1e-3, atol=1e-3)
-        ours = gen.generate(model, tok, [prompt], telemetry=None, max_new_tokens=12)[0]
-        with torch.no_grad():
-            hf_out = hf_model.generate(torch.as_tensor(prompt[None].astype(np.int64)), max_new_tokens=12,
-                                       do_sample=False, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        hf_new = hf_out[0, len(prompt):].tolist()
-        if hf_new and hf_new[-1] == tok.eos_id:
-            hf_new = hf_new[:-1]
+        ours, hf_new = greedy_both(model, tok, hf_model, prompt)
         assert ours.ids == hf_new
