@@ -37,11 +37,12 @@ from jax.experimental import multihost_utils
 from promethios_jax import integrity, sharding
 from promethios_jax import state as state_lib
 from promethios_jax import workdir as workdir_lib
+from promethios_jax.data import tokenizer as tokenizer_lib
 from promethios_jax.workdir import WorkdirError, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
-ITEMS = ("state", "data_iter", "config", "integrity")
+ITEMS = ("state", "data_iter", "config", "integrity", "tokenizer")
 _TMP_STEP = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
@@ -133,12 +134,17 @@ def make_manager(workdir, ckpt_cfg=None, read_only: bool = False) -> ocp.Checkpo
     )
     # Handlers named up front so item_metadata() works before any save or restore.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data_iter": ocp.JsonCheckpointHandler(),
-                "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()}
+                "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler(),
+                "tokenizer": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state: dict, config, force=False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state: dict, config, force=False,
+         tokenizer: dict | None = None) -> bool:
     """Starts a save of one step (asynchronous when the manager is); returns whether it saved.
+
+    `tokenizer` is the tokenizer's `checkpoint_record` (default: built from `config`; a
+    tokenizer trained on first use needs the caller's, which knows the data directory).
 
     The call returns once the arrays are copied off the devices, so the caller may
     donate `state` to the next step right away. The step directory appears (by an
@@ -150,6 +156,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iter_state: dict
         data_iter=ocp.args.JsonSave(data_iter_state),
         config=ocp.args.JsonSave(json.loads(config.to_json())),
         integrity=ocp.args.JsonSave(integrity.record(state)),
+        tokenizer=ocp.args.JsonSave(tokenizer or tokenizer_lib.checkpoint_record(config)),
     )
     return manager.save(step, args=args, force=force)
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import ml_collections
 
+from promethios_jax.data.control import TokenizerError, trained_vocab_size
 from promethios_jax.model import heads
 from promethios_jax.model.lora import RANK_AXIS
 from promethios_jax.model.spec import ModelSpec
@@ -63,8 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.num_examples = 10000
     d.seed = 0
     d.heldout_fraction = 0.03
-    # "byte", a SentencePiece model file trained here, or a Hugging Face tokenizer (a
-    # directory with tokenizer.json / tokenizer.model, or the file): see data/hf_tokenizer.py.
+    # "byte"; "sentencepiece:N" (N pieces trained on the train split on first use, kept in
+    # DATA_DIR/tokenizer/ and in every checkpoint); a SentencePiece model file trained here;
+    # or a Hugging Face tokenizer (a directory with tokenizer.json / tokenizer.model, or the
+    # file): see data/tokenizer.py and data/hf_tokenizer.py.
     d.tokenizer = "byte"
     d.chat_template = False  # format prompts with the HF tokenizer's chat template
     d.max_segments_per_row = 8
@@ -178,6 +181,13 @@ def validate(config, num_devices: int | None = None, process_count: int = 1, bac
         ModelSpec.from_config(m)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    try:
+        pieces = trained_vocab_size(config.data.tokenizer)
+    except TokenizerError as e:
+        raise ConfigError(str(e)) from None
+    if pieces is not None and pieces > m.vocab_size:
+        raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r} trains {pieces} pieces but "
+                          f"config.model.vocab_size={m.vocab_size}; raise the vocabulary to at least {pieces}")
     if t.steps < 0:
         raise ConfigError(f"config.train.steps={t.steps} must be >= 0")
     if t.grad_accum_steps < 1:

@@ -29,6 +29,7 @@ from promethios_jax import metrics as metrics_lib
 from promethios_jax import state as state_lib
 from promethios_jax import workdir as workdir_lib
 from promethios_jax.data import generate, pipeline
+from promethios_jax.data import tokenizer as tokenizer_lib
 from promethios_jax.data.records import DataError
 from promethios_jax.data.tokenizer import TokenizerError
 
@@ -51,19 +52,20 @@ class TrainError(RuntimeError):
 
 
 def prepare_data(config, workdir: Path) -> Path:
-    """The dataset directory: config.data.path, or WORKDIR/data generated on first use."""
+    """The dataset directory: config.data.path, or WORKDIR/data generated on first use;
+    a tokenizer trained on the data ("sentencepiece:N") is trained there on first use."""
     data_dir = workdir_lib.data_dir(config, workdir)
-    if config.data.path:
+    if config.data.path and not (data_dir / "manifest.json").exists():
+        raise TrainError(f"config.data.path={config.data.path!r} holds no manifest.json: "
+                         "generate it with python -m promethios_jax.data.generate --out=DIR")
+    if jax.process_index() == 0:
         if not (data_dir / "manifest.json").exists():
-            raise TrainError(f"config.data.path={config.data.path!r} holds no manifest.json: "
-                             "generate it with python -m promethios_jax.data.generate --out=DIR")
-        return data_dir
-    if jax.process_index() == 0 and not (data_dir / "manifest.json").exists():
-        t0 = time.time()
-        manifest = generate.generate_dataset(str(data_dir), config.data.num_examples, config.data.seed,
-                                             config.data.heldout_fraction)
-        print(f"generated {manifest.get('counts', {}).get('total', config.data.num_examples)} examples "
-              f"into {data_dir} in {time.time() - t0:.1f}s", flush=True)
+            t0 = time.time()
+            manifest = generate.generate_dataset(str(data_dir), config.data.num_examples, config.data.seed,
+                                                 config.data.heldout_fraction)
+            print(f"generated {manifest.get('counts', {}).get('total', config.data.num_examples)} examples "
+                  f"into {data_dir} in {time.time() - t0:.1f}s", flush=True)
+        tokenizer_lib.ensure_trained(config, data_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("data_ready")
     return data_dir
@@ -194,6 +196,7 @@ def train(config, workdir: str, stop_after: int | None = None, allow_oversubscri
     if data_dir is None:
         data_dir = prepare_data(config, wd)
     manager = ckpt.make_manager(wd, config.checkpoint)
+    tok_record = tokenizer_lib.checkpoint_record(config, str(data_dir))
 
     def restore(k_from):
         abstract = (runner.compiled.setup if runner.index == k_from
@@ -207,6 +210,8 @@ def train(config, workdir: str, stop_after: int | None = None, allow_oversubscri
         restored = ckpt.restore_latest(manager, state_lib.abstract_train_state(plan.configs[k_state], mesh).abstract,
                                        step=restored[2])
     step = 0 if restored is None else restored[2]
+    if restored is not None:
+        workdir_lib.check_tokenizer(wd, step, tok_record, config.data.tokenizer)
     k, _ = plan.locate(step)
     if k < len(plan.stages) and runner.index != k:  # a fallback to an older checkpoint moved the stage
         runner.compile(k)
@@ -259,7 +264,7 @@ def train(config, workdir: str, stop_after: int | None = None, allow_oversubscri
     def save(step_now: int):
         nonfinite.check(state, step_now)  # under "stop", never save a state past a non-finite step
         with tracker.checkpoint():
-            ckpt.save(manager, step_now, state, runner.loader.get_state(), config, force=True)
+            ckpt.save(manager, step_now, state, runner.loader.get_state(), config, force=True, tokenizer=tok_record)
 
     try:
         while step < total_steps:

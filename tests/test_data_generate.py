@@ -267,7 +267,8 @@ def _fragments(texts) -> set:
 def _template_texts(tpl: dict, side: str) -> list:
     scen = [s for rows in tpl["scenarios"].values() for s in rows]
     if side == "request":
-        return [s[0] for s in scen] + [f for v in tpl["framings"].values() for f in v] + tpl["request_closers"]
+        return ([s[0] for s in scen] + [f for v in tpl["framings"].values() for f in v] + tpl["request_closers"]
+                + tpl["request_asides"])
     return ([s[2] for s in scen] + tpl["safeguard_notes"] + tpl["decline_templates"]
             + tpl["escalate_templates"] + tpl["support_templates"] + tpl["proceed_closers"])
 

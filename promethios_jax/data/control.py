@@ -64,3 +64,23 @@ def encode_around_tags(text: str, encode_plain, special: dict, gov: dict) -> np.
     if pos < len(text):
         ids += encode_plain(text[pos:])
     return np.asarray(ids, np.int32)
+
+
+# ----------------------------------------------------------------------- trained on first use
+
+TRAINED_PREFIX = "sentencepiece:"
+# pad, bos, eos, unk, <assess>, the control pieces, 256 byte-fallback pieces, and at least one merge
+MIN_TRAINED_VOCAB = 5 + 256 + 1
+
+
+def trained_vocab_size(spec) -> int | None:
+    """N of a `config.data.tokenizer="sentencepiece:N"` (a SentencePiece model of N pieces
+    trained on the dataset's train split on first use); None for any other spec."""
+    if not isinstance(spec, str) or not spec.startswith(TRAINED_PREFIX):
+        return None
+    n = spec[len(TRAINED_PREFIX):]
+    low = MIN_TRAINED_VOCAB + len(control_pieces())
+    if not n.isdigit() or int(n) < low:
+        raise TokenizerError(f"config.data.tokenizer={spec!r}: give the number of pieces, at least {low} "
+                             f"(the special, control and byte pieces), e.g. 'sentencepiece:1024'")
+    return int(n)

@@ -109,6 +109,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
     noisy = np.zeros(n, bool)
     noisy[rng.permutation(n)[: int(round(n * schema.LABEL_NOISE_RATE))]] = True
     uniforms = rng.random((n, 24))
+    aside_uniforms = rng.random((n, wording.ASIDE_UNIFORMS))
     # The recorded outcome given the prompt: the rule's, or (noise) its opposite.
     outcome_logp = np.where(noisy, np.log(schema.LABEL_NOISE_RATE), np.log1p(-schema.LABEL_NOISE_RATE))
 
@@ -140,7 +141,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
         u = uniforms[i]
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text
             req_text, response, tool, framing, logp = wording.text(category_l[i], domain_l[i], t["emotion"],
-                                                            outcome, u, tpl)
+                                                                   outcome, u, tpl, aside_uniforms[i])
             prompt = tags + "\n" + req_text
             if prompt not in seen:
                 break

@@ -72,6 +72,13 @@ def resolve_files(path) -> tuple[Path, Path | None]:
     return file, (cfg if cfg.is_file() else None)
 
 
+def base_files(file: Path) -> list[Path]:
+    """The files of a base's tokenizer: `file` (tokenizer.json / .model) first, then the
+    configuration beside it that exists."""
+    beside = [file.parent / n for n in (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE) if n != file.name]
+    return [file] + [p for p in beside if p.is_file()]
+
+
 def ships_tokenizer(hf_dir) -> bool:
     return any((Path(hf_dir) / n).is_file() for n in (TOKENIZER_JSON, TOKENIZER_MODEL))
 
@@ -290,10 +297,8 @@ class HFTokenizer:
         """Copies the base's files (tokenizer, tokenizer_config.json) into `out_dir`; returns the directory."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for name in (self.file.name, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE_FILE):
-            src = self.file.parent / name
-            if src.is_file():
-                shutil.copyfile(src, out / name)
+        for src in base_files(self.file):
+            shutil.copyfile(src, out / src.name)
         return out
 
     # ----- chat template ----------------------------------------------------------------

@@ -91,7 +91,7 @@ class PackedRows:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = build_tokenizer(self._tokenizer_config)
+            self._tokenizer = build_tokenizer(self._tokenizer_config, self.data_dir)
         return self._tokenizer
 
     def _plan(self, epoch: int):
@@ -195,7 +195,7 @@ def fitted_lengths(data_dir, config) -> tuple[np.ndarray, dict]:
     records = ShardedRecords(data_dir, "train")
     if not len(records):
         raise DataError(f"{data_dir}: the train split is empty")
-    tok = build_tokenizer(config)
+    tok = build_tokenizer(config, data_dir)
     max_len = int(config.model.max_seq_len)
     raw = raw_lengths(data_dir, "train", tok)
     lengths = np.zeros(len(records), np.int64)
@@ -307,16 +307,16 @@ def eval_batches(config, data_dir, split: str = "heldout", batch_size: int | Non
     (the prompt whole, the response's tail cut); one whose prompt cannot fit raises
     DataError.
     """
-    return record_batches(config, ShardedRecords(data_dir, split), split, batch_size)
+    return record_batches(config, ShardedRecords(data_dir, split), split, batch_size, data_dir)
 
 
-def record_batches(config, records, name: str, batch_size: int | None = None):
+def record_batches(config, records, name: str, batch_size: int | None = None, data_dir=None):
     """`eval_batches` over any sequence of records (the eval's perturbed requests, say);
-    `name` labels them in errors."""
+    `name` labels them in errors; `data_dir` finds a tokenizer trained on first use."""
     b = int(batch_size or config.eval.batch_size)
     if b <= 0:
         raise DataError(f"batch_size={b} must be positive")
-    tok = build_tokenizer(config)
+    tok = build_tokenizer(config, data_dir)
     max_len = int(config.model.max_seq_len)
     for start in range(0, len(records), b):
         out = batch_lib.empty(b, max_len, 1, batch_lib.EVAL_FIELDS)

@@ -436,6 +436,18 @@ FRAMINGS = {
 }
 FRAMING_RATE = 0.35
 
+# Neutral context a request may carry (no emotion, framing or scenario): requests vary in
+# length and padding the way real ones do, so the verdict cannot lean on where <assess>
+# falls. The eval's padding sentences (eval/invariance.py) are none of these.
+REQUEST_ASIDES = ["This is for the usual weekly update.", "I'm sending this from my phone.",
+                  "Copying in the notes from this morning.", "The details are in the shared folder.",
+                  "We talked about this in the last meeting.", "I'm covering for a colleague today.",
+                  "This came up during the morning stand-up.", "The rest of the team is in the loop.",
+                  "I've attached the latest version.", "It's the same format as last time.",
+                  "I'm following up on my earlier message.", "Our office moves floors next week."]
+ASIDE_RATE = 0.4  # a request carries 1..MAX_ASIDES asides with this probability
+MAX_ASIDES = 4
+
 # Phrases that let the request reflect the user's state (never used in responses).
 EMOTION_PHRASES = {
     "FOCUSED": ["Let's stay on task."],
@@ -486,7 +498,7 @@ SUPPORT_TEMPLATES = [
 # The training set of templates, by part; the generator picks from one such set.
 TRAIN = {
     "scenarios": SCENARIOS, "framings": FRAMINGS, "request_openers": REQUEST_OPENERS,
-    "request_closers": REQUEST_CLOSERS, "proceed_openers": PROCEED_OPENERS, "proceed_closers": PROCEED_CLOSERS,
+    "request_closers": REQUEST_CLOSERS, "request_asides": REQUEST_ASIDES, "proceed_openers": PROCEED_OPENERS, "proceed_closers": PROCEED_CLOSERS,
     "safeguard_notes": SAFEGUARD_NOTES, "decline_templates": DECLINE_TEMPLATES,
     "decline_alternatives": DECLINE_ALTERNATIVES, "escalate_templates": ESCALATE_TEMPLATES,
     "support_templates": SUPPORT_TEMPLATES,
@@ -555,6 +567,8 @@ HELDOUT = {
     },
     "request_openers": ["", "Good morning,"],
     "request_closers": ["", "Thank you in advance."],
+    "request_asides": ["Writing this between two meetings.", "My calendar is packed until noon.",
+                       "I'll be offline for an hour after this.", "The printer on our floor is broken again."],
     "proceed_openers": ["", "Certainly."],
     "proceed_closers": ["", "Let me know if you need more."],
     "safeguard_notes": ["Please get sign-off from $human before using it."],

@@ -13,8 +13,13 @@ The numeric buckets are aligned with the rule's thresholds (domain requirements,
 0.5, 0.7), so the tokens alone hold enough to apply the trust and distress gates.
 Decoding a numeric control token gives its bucket's lower edge.
 
-`config.data.tokenizer` may instead name a SentencePiece model file, trained on the
-generated corpus for a larger vocabulary:
+`config.data.tokenizer="sentencepiece:N"` (the demo's) trains a SentencePiece model of N
+pieces on the train split the first time training opens the data, and keeps it as
+DATA_DIR/tokenizer/sentencepiece-N.model (`ensure_trained`). Every checkpoint stores the
+tokenizer's files (`checkpoint_record`; workdir.read_config puts them back), so eval,
+loading, export and serving read the ids the model was trained with.
+
+`config.data.tokenizer` may also name a SentencePiece model file trained by hand:
 
     python -m promethios_jax.data.tokenizer --data_dir=DIR --vocab_size=4000 --out=DIR/spm
 
@@ -29,16 +34,19 @@ The control tokens themselves (pieces, tag syntax, buckets) are data/control.py'
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import os
 import re
+import time
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from promethios_jax.data.control import (TAG_RE, TokenizerError, canonical_tag,  # noqa: F401 (re-exported)
-                                         control_pieces, encode_around_tags)
-from promethios_jax.data.hf_tokenizer import HFTokenizer
+                                         control_pieces, encode_around_tags, trained_vocab_size)
+from promethios_jax.data.hf_tokenizer import HFTokenizer, base_files, resolve_files
 from promethios_jax.data.records import load_split
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<assess>", "<reserved_4>", "<reserved_5>", "<reserved_6>",
@@ -211,11 +219,56 @@ def is_hf_tokenizer(spec: str) -> bool:
     return p.is_dir() or p.suffix == ".json" or p.name == "tokenizer.model" or spec.endswith(("/", "\\"))
 
 
-def build_tokenizer(config):
-    """The tokenizer named by `config.data.tokenizer` ("byte", a SentencePiece model file
-    trained here, or a Hugging Face tokenizer directory/file), checked against
-    `config.model.vocab_size`."""
-    kind = config.data.tokenizer
+def trained_path(data_dir, pieces: int) -> Path:
+    """Where a "sentencepiece:N" tokenizer of a dataset lives."""
+    return Path(data_dir).absolute() / "tokenizer" / f"sentencepiece-{int(pieces)}.model"
+
+
+def ensure_trained(config, data_dir) -> Path | None:
+    """Trains the "sentencepiece:N" tokenizer of `config.data.tokenizer` on DATA_DIR's
+    train split unless it exists; returns its path (None for other tokenizers). One
+    process only: the others wait for it."""
+    pieces = trained_vocab_size(config.data.tokenizer)
+    if pieces is None:
+        return None
+    path = trained_path(data_dir, pieces)
+    if path.is_file():
+        return path
+    t0 = time.time()
+    records = load_split(str(data_dir), "train")
+    if not records:
+        raise TokenizerError(f"config.data.tokenizer={config.data.tokenizer!r}: {data_dir} has no train examples "
+                             "to train it on")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}")
+    made = Path(train_sentencepiece((t for r in records for t in (r["prompt"], r["response"])), tmp, pieces))
+    os.replace(made, path)  # appears whole or not at all
+    Path(str(tmp) + ".vocab").unlink(missing_ok=True)
+    print(f"trained a {pieces:,}-piece SentencePiece tokenizer on {len(records):,} train examples in "
+        f"{time.time() - t0:.1f}s: {path}", flush=True)
+    return path
+
+
+def _resolve(config, data_dir) -> str:
+    spec = config.data.tokenizer
+    pieces = trained_vocab_size(spec)
+    if pieces is None:
+        return spec
+    if data_dir is None:
+        raise TokenizerError(f"config.data.tokenizer={spec!r} is trained on a dataset on first use, and no "
+                             "data directory was given to find it (a checkpoint's config names its own copy)")
+    path = trained_path(data_dir, pieces)
+    if not path.is_file():
+        raise TokenizerError(f"config.data.tokenizer={spec!r}: {path} does not exist; training makes it on first "
+                             f"use, or: python -m promethios_jax.data.tokenizer --data_dir={data_dir} "
+                             f"--vocab_size={pieces} --out={path.with_suffix('')}")
+    return str(path)
+
+
+def build_tokenizer(config, data_dir=None):
+    """The tokenizer named by `config.data.tokenizer` ("byte", "sentencepiece:N" trained on
+    `data_dir`'s train split, a SentencePiece model file trained here, or a Hugging Face
+    tokenizer directory/file), checked against `config.model.vocab_size`."""
+    kind = _resolve(config, data_dir)
     if kind == "byte":
         tok = ByteTokenizer()
     elif is_hf_tokenizer(kind):
@@ -231,6 +284,33 @@ def build_tokenizer(config):
             f"config.model.vocab_size={config.model.vocab_size} is smaller than the {tok.vocab_size} ids "
             f"the {tok.name} tokenizer uses; raise it to at least {need}")
     return tok
+
+
+RECORD_FORMAT = "promethios-tokenizer/1"
+
+
+def checkpoint_record(config, data_dir=None) -> dict:
+    """What a checkpoint stores of its tokenizer: name, size, fingerprint, and its files
+    (base64, with their SHA-256), so that it can be rebuilt where the original is gone.
+    `target` says whether config.data.tokenizer names the first file ("file") or the
+    directory holding them ("dir"); the byte tokenizer has no files."""
+    tok = build_tokenizer(config, data_dir)
+    spec = _resolve(config, data_dir)
+    if spec == "byte":
+        target, files, where = "", [], ""
+    elif is_hf_tokenizer(spec):
+        target = "dir" if Path(spec).is_dir() else "file"
+        files = base_files(resolve_files(spec)[0])
+        where = str(Path(spec).absolute())
+    else:
+        target, files, where = "file", [Path(spec)], str(Path(spec).absolute())
+    stored = {}
+    for f in files:
+        blob = f.read_bytes()
+        stored[f.name] = {"sha256": hashlib.sha256(blob).hexdigest(), "data": base64.b64encode(blob).decode()}
+    return {"format": RECORD_FORMAT, "spec": config.data.tokenizer, "name": tok.name,
+            "vocab_size": int(tok.vocab_size), "fingerprint": tok.fingerprint, "target": target, "path": where,
+            "files": stored}
 
 
 def encode_example_arrays(example: dict, tokenizer) -> tuple[np.ndarray, np.ndarray]:

@@ -56,10 +56,13 @@ def _fill(text: str, slots: dict) -> str:
     return string.Template(text).substitute(slots)
 
 
-def text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, tpl: dict) -> tuple:
+def text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, tpl: dict,
+         aside_u: np.ndarray | None = None) -> tuple:
     """(request, response, scenario tool, framing bias or None, log P(response | request, outcome)).
 
-    `tpl` is a template set (`templates.TRAIN` or `templates.HELDOUT`). The log-probability
+    `tpl` is a template set (`templates.TRAIN` or `templates.HELDOUT`). `aside_u` (its own
+    uniforms, so the other picks do not move) adds neutral asides to the request, after
+    the request itself or at its end. The log-probability
     sums the response-side picks and the slot values the response shows but the request
     does not (values the request shows are known given the prompt).
     """
@@ -85,6 +88,9 @@ def text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, 
     if s.chance(0.6 if distressed else 0.25):
         parts.append(s.pick(templates.EMOTION_PHRASES[emotion]))
     parts.append(s.pick(tpl["request_closers"]))
+    if aside_u is not None:
+        at = 2 if aside_u[2] < 0.5 else len(parts)
+        parts[at:at] = _asides(aside_u, tpl["request_asides"])
     req_template = " ".join(p for p in parts if p)
     req_text = _fill(req_template, slots)
     slots["task"] = _fill(task, slots)
@@ -115,6 +121,17 @@ def text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, 
     logp += _hidden_slots_logp(used - {"task", "alternative"},
                                _slot_names(req_template), slots, ds)
     return req_text, _fill(resp, slots), tool, framing, logp
+
+
+ASIDE_UNIFORMS = 3 + 16  # whether, how many, where, and a sort key per pool entry (pools hold <= 16)
+
+
+def _asides(u: np.ndarray, pool: list) -> list:
+    """0..MAX_ASIDES distinct asides from `pool` (u[0]: whether, u[1]: how many, u[3:]: which)."""
+    if u[0] >= templates.ASIDE_RATE:
+        return []
+    k = min(1 + int(u[1] * templates.MAX_ASIDES), len(pool))
+    return [pool[i] for i in np.argsort(u[3:3 + len(pool)])[:k]]
 
 
 def _hidden_slots_logp(used: set, known: set, slots: dict, ds: dict) -> float:

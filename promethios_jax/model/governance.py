@@ -52,20 +52,23 @@ class TelemetryEncoder(nnx.Module):
 
 
 class Head(nnx.Module):
-    """A two-layer MLP classifier: D → hidden (silu) → classes, with an optional input norm
-    for heads that read pooled, un-normalized residual states."""
+    """A two-layer MLP classifier: D (or 2D with the prompt mean) → hidden (silu) → classes,
+    with an optional input norm for heads that read pooled, un-normalized residual states."""
 
-    def __init__(self, spec: ModelSpec, n_out: int, *, rngs: nnx.Rngs, norm: bool = False):
+    def __init__(self, spec: ModelSpec, n_out: int, *, rngs: nnx.Rngs, norm: bool = False, prompt: bool = False):
         d, w = spec.d_model, spec.head_width
+        d_in = 2 * d if prompt else d
         self.norm = RMSNorm(d, spec.norm_eps, dtype=spec.pdtype) if norm else None
-        self.fc1 = Dense(rngs, d, w, ("embed", "mlp"), 1.0 / math.sqrt(d), spec.pdtype)
+        self.fc1 = Dense(rngs, d_in, w, ("embed", "mlp"), 1.0 / math.sqrt(d_in), spec.pdtype)
         self.fc2 = Dense(rngs, w, n_out, ("mlp", "classes"), spec.init_std, spec.pdtype)
 
-    def __call__(self, x):
+    def __call__(self, x, prompt_mean=None):
         # Heads run in float32: they are tiny, and their probabilities are what gets calibrated.
         x = x.astype(jnp.float32)
         if self.norm is not None:
             x = self.norm(x)
+        if prompt_mean is not None:
+            x = jnp.concatenate([x, prompt_mean.astype(jnp.float32)], axis=-1)
         return self.fc2(jax.nn.silu(self.fc1(x)))
 
 
@@ -77,10 +80,12 @@ class GovernanceHeads(nnx.Module):
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
         self.spec = spec
         for h in heads_lib.build_order():
-            setattr(self, h.name, Head(spec, h.width(spec), rngs=rngs, norm=h.pools is not None))
+            setattr(self, h.name, Head(spec, h.width(spec), rngs=rngs, norm=h.pools is not None,
+                                       prompt=h.reads_prompt))
 
-    def __call__(self, final, layer_reads) -> dict:
-        """final [B, S, D] (normed); layer_reads [n_layers, B, S, D] (each layer's output).
+    def __call__(self, final, layer_reads, prompt_mean) -> dict:
+        """final [B, S, D] (normed); layer_reads [n_layers, B, S, D] (each layer's output);
+        prompt_mean [B, S, D] (`prompt_means`), read by heads with `reads_prompt`.
         Returns {head name: logits [B, S, width]}, a binary head's logit squeezed to [B, S]."""
         out = {}
         for h in heads_lib.HEADS:
@@ -88,9 +93,24 @@ class GovernanceHeads(nnx.Module):
             if h.pools is not None:
                 lo, hi = getattr(self.spec, h.pools)  # 1-based inclusive -> layer_reads[lo-1 : hi]
                 x = jnp.mean(layer_reads[lo - 1:hi].astype(jnp.float32), axis=0)
-            logits = getattr(self, h.name)(x)
+            logits = getattr(self, h.name)(x, prompt_mean if h.reads_prompt else None)
             out[h.name] = logits[..., 0] if h.kind == "binary" else logits
         return out
+
+
+def prompt_means(hn, segment_ids, head_positions):
+    """[B, S, D] float32: per head slot, the mean of the normed final states `hn` [B, L, D]
+    over its example's prompt: the positions up to its head position (the <assess> token)
+    in the same segment (segment_ids [B, L], None: one example per row, nothing before it
+    is padding). Left padding has segment id 0 and is left out with it."""
+    length = hn.shape[1]
+    mask = jnp.arange(length)[None, None, :] <= head_positions[:, :, None]  # [B, S, L]
+    if segment_ids is not None:
+        own = jnp.take_along_axis(segment_ids, head_positions, axis=1)  # [B, S]
+        mask &= segment_ids[:, None, :] == own[:, :, None]
+    w = mask.astype(jnp.float32)
+    w = w / jnp.maximum(w.sum(-1, keepdims=True), 1.0)
+    return jnp.einsum("bsl,bld->bsd", w, hn.astype(jnp.float32))
 
 
 class LossLogVars(nnx.Module):

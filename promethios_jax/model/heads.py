@@ -29,6 +29,8 @@ class HeadDef:
     pools: str | None = None  # ModelSpec field with the 1-based inclusive layer range it averages;
     #                           None: the final normed state at the head positions
     label: str = ""  # batch key of the label ("" : the head's name)
+    reads_prompt: bool = False  # also reads the mean of the final normed states over its example's
+    #                             prompt (concatenated): what the request says, not only where <assess> is
     loss_weight: float = 0.5  # default of config.loss.<name>
 
     def __post_init__(self):
@@ -57,8 +59,8 @@ HEADS = (
     HeadDef("decision", "softmax", "n_decisions"),
     HeadDef("confidence", "softmax", "n_confidence"),
     HeadDef("uncertainty", "soft_multilabel", "n_uncertainty", pools="uncertainty_layers"),
-    HeadDef("bias", "soft_multilabel", "n_bias"),
-    HeadDef("tool", "softmax", "n_tools", pools="tool_layers"),
+    HeadDef("bias", "soft_multilabel", "n_bias", reads_prompt=True),
+    HeadDef("tool", "softmax", "n_tools", pools="tool_layers", reads_prompt=True),
 )
 NAMES = tuple(h.name for h in HEADS)
 # The escalation head: its probability against a threshold is the HITL verdict.

@@ -13,7 +13,8 @@ Parameter tree (nnx.split(model, nnx.Param)); segment k holds layers segments[k]
   lm_head.kernel                                      [D, V]          (absent when tie_embeddings)
   telemetry_encoder.fc1.{kernel,bias}                 [T, W], [W]
   telemetry_encoder.anchor_proj.{kernel,bias}         [A, W, D], [A, D]
-  heads.<name>.fc{1,2}.{kernel,bias}                 (one per model/heads.py entry)
+  heads.<name>.fc{1,2}.{kernel,bias}                 (one per model/heads.py entry; fc1 reads 2D
+                                                      where the head also reads the prompt mean)
   heads.<name>.norm.scale                             [D]   (heads that pool a layer range)
   loss_log_vars.<part>                                []              (only with learned loss weights)
 """
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from promethios_jax.model.backbone.transformer import Context, DecoderBlock, run_segment
-from promethios_jax.model.governance import GovernanceHeads, LossLogVars, TelemetryEncoder
+from promethios_jax.model.governance import GovernanceHeads, LossLogVars, TelemetryEncoder, prompt_means
 from promethios_jax.model.layers import Proj, RMSNorm, param, rope_tables
 from promethios_jax.model.spec import ModelSpec
 
@@ -168,6 +169,7 @@ class GovernanceTransformer(nnx.Module):
             kernel = self.lm_head.kernel[...].astype(dtype)
         logits = jnp.einsum("bld,dv->blv", hn, kernel, preferred_element_type=jnp.float32)
         rows = jnp.arange(b)[:, None]
-        heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0))
+        heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0),
+                           prompt_means(hn, segment_ids, head_positions))
         out = ModelOutput(logits=logits.astype(jnp.float32), heads=heads)
         return out, (None if cache is None else new_cache)
