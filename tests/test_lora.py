@@ -147,7 +147,7 @@ def test_the_step_accumulates_gradients_of_the_trainable_part_only():
     n_consts, n_carry = scans[0].params["num_consts"], scans[0].params["num_carry"]
     carried = sum(v.aval.size for v in scans[0].invars[n_consts:n_consts + n_carry])
     on, total = trainable.count(setup.abstract["params"], setup.trainable)
-    assert on <= carried < on + 100 and on < total / 4  # the trainable gradients and a few loss sums
+    assert on <= carried < on + 100 and on < total / 2  # the trainable gradients and a few loss sums
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_a_lora_run_trains_the_adapters_and_keeps_the_base_bits(tmp_path, data_d
     # Moments for the trainable leaves only: the base holds no optimizer state.
     on, total = trainable.count(setup.abstract["params"], setup.trainable)
     moments = sum(x.size for x in jax.tree.leaves(setup.abstract["opt_state"]) if x.ndim > 0)
-    assert moments == 2 * on and on < total / 4
+    assert moments == 2 * on and on < total / 2
 
 
 @pytest.mark.slow  # three short runs
