@@ -6,7 +6,7 @@ same run with the Llama weights frozen and LoRA adapters (Hu et al. 2021, model/
 trained in their place:
 
 - rank 16, alpha 32 (scale 2) on all seven projections of every layer (q, k, v, o, gate,
-  up, down): 109 M adapter parameters. QLoRA (Dettmers et al. 2023) found adapting every
+  up, down): 109 M adapter parameters (728 M trainable with the rows and heads below). QLoRA (Dettmers et al. 2023) found adapting every
   linear layer is what matches full fine-tuning; the rank matters little.
 - trains `lora+embeddings+governance`: the adapters; the embedding and LM-head rows (the
   121 governance control tokens and <assess> are new rows that start at the mean row, so
@@ -19,9 +19,9 @@ trained in their place:
   trainable parameters.
 
 Memory per device, by XLA's GPU compiler (`--dry_run --target=h100 --topology=1x1x8`,
-cuDNN attention, 2026-11-30; BENCHMARKS.md): 34.50 GiB against the 71.20 GiB limit
-(arguments 17.11 GiB: the frozen float32 base, 33.9 B x 4 bytes / 8, and 1.09 GiB of
-optimizer state; temporaries 17.40 GiB). The CPU dry run's bound: 33.41 GiB. The base
+cuDNN attention, 2026-11-30; BENCHMARKS.md): 34.32 GiB against the 71.20 GiB limit
+(arguments 17.13 GiB: the frozen float32 base, 33.9 B x 4 bytes / 8, and 1.10 GiB of
+optimizer state; temporaries 17.19 GiB). The CPU dry run's bound: 33.58 GiB. The base
 stays in float32 (`param_dtype`): it fits, so nothing is rounded; bfloat16 storage would
 save ~8 GiB more. No gradient is computed or accumulated for the frozen base.
 
@@ -49,5 +49,5 @@ def get_config():
     t = c.train
     t.trainable = "lora+embeddings+governance"
     t.learning_rate = 1e-4
-    t.moments_dtype = "float32"  # 0.7 B trainable parameters: full-precision moments are 1.09 GiB per device
+    t.moments_dtype = "float32"  # 0.7 B trainable parameters: full-precision moments are 1.10 GiB per device
     return c

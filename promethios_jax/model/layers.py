@@ -293,17 +293,17 @@ class Attention(nnx.Module):
 
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0, adapter_rngs: nnx.Rngs | None = None):
         d, h, kv, hd, std = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.hd, spec.init_std
-        ar = adapter_rngs or rngs
+        ar = rngs if adapter_rngs is None else adapter_rngs
         pdt = spec.pdtype
         out_std = std / math.sqrt(2 * spec.n_layers)  # residual-branch outputs, GPT-2 style
-        self.q_proj = lora_proj(spec, "q_proj", param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std, pdt,
-                                                      stack), rngs=ar)
-        self.k_proj = lora_proj(spec, "k_proj", param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt,
-                                                      stack), rngs=ar)
-        self.v_proj = lora_proj(spec, "v_proj", param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt,
-                                                      stack), rngs=ar)
-        self.o_proj = lora_proj(spec, "o_proj", param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std, pdt,
-                                                      stack), rngs=ar, n_in=2)
+        q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std, pdt, stack)
+        k = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt, stack)
+        v = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt, stack)
+        o = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std, pdt, stack)
+        self.q_proj = lora_proj(spec, "q_proj", q, rngs=ar)
+        self.k_proj = lora_proj(spec, "k_proj", k, rngs=ar)
+        self.v_proj = lora_proj(spec, "v_proj", v, rngs=ar)
+        self.o_proj = lora_proj(spec, "o_proj", o, rngs=ar, n_in=2)
 
     def __call__(self, x, ctx, cache=None):
         """x [B, L, D] → [B, L, D]. With cache={"k","v"} [B, Lc, KV, hd], writes this chunk's
@@ -330,11 +330,13 @@ class MLP(nnx.Module):
 
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0, adapter_rngs: nnx.Rngs | None = None):
         d, f, std, pdt = spec.d_model, spec.d_ff, spec.init_std, spec.pdtype
-        ar = adapter_rngs or rngs
-        self.gate_proj = lora_proj(spec, "gate_proj", param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack), rngs=ar)
-        self.up_proj = lora_proj(spec, "up_proj", param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack), rngs=ar)
-        self.down_proj = lora_proj(spec, "down_proj", param(rngs, (f, d), ("mlp", "embed"),
-                                                            std / math.sqrt(2 * spec.n_layers), pdt, stack), rngs=ar)
+        ar = rngs if adapter_rngs is None else adapter_rngs
+        gate = param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack)
+        up = param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack)
+        down = param(rngs, (f, d), ("mlp", "embed"), std / math.sqrt(2 * spec.n_layers), pdt, stack)
+        self.gate_proj = lora_proj(spec, "gate_proj", gate, rngs=ar)
+        self.up_proj = lora_proj(spec, "up_proj", up, rngs=ar)
+        self.down_proj = lora_proj(spec, "down_proj", down, rngs=ar)
 
     def __call__(self, x):
         gate = self.gate_proj(x, "...d,df->...f")
