@@ -20,7 +20,8 @@ compiler (cuDNN attention, `--dry_run --target=h100`, 2026-11-30) agrees: 83.24 
 device on one 8-GPU host (1x1x8) against a 71.20 GiB limit, and 55.19 GiB on two hosts
 (1x2x8, `--config.train.grad_accum_steps=16`), which fits. About 31 GiB of the
 temporaries are the accumulation's two fp32 gradient buffers. So: run it on two 8-GPU
-hosts; one host needs low-rank adapters, which are not implemented.
+hosts, or on one with low-rank adapters: configs/finetune_codellama_34b_lora.py
+(34.32 GiB per device by the same GPU compile).
 Import and train as in configs/finetune_llama3_8b.py.
 """
 from pathlib import Path

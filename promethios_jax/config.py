@@ -15,6 +15,7 @@ import ml_collections
 
 from promethios_jax.data.control import TokenizerError, trained_vocab_size
 from promethios_jax.model import heads
+from promethios_jax.model.lora import RANK_AXIS
 from promethios_jax.model.spec import ModelSpec
 
 # Logical axis → mesh axes. Parameters and the batch name logical axes only; this
@@ -31,6 +32,7 @@ DEFAULT_RULES = (
     ("telemetry", None),
     ("classes", None),
     ("length", None),
+    ("lora", None),  # the adapters' rank axis (model/lora.py): small, replicated
 )
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -194,6 +196,9 @@ def validate(config, num_devices: int | None = None, process_count: int = 1, bac
         raise ConfigError(f"config.train.nan_policy={t.nan_policy!r}: use 'stop' or 'skip'")
     if config.checkpoint.every_steps <= 0:
         raise ConfigError("config.checkpoint.every_steps must be positive")
+    if m.get("lora_rank", 0) and RANK_AXIS not in dict(rules_as_tuples(config.sharding.rules)):
+        raise ConfigError(f"config.model.lora_rank={m.lora_rank} needs a {RANK_AXIS!r} entry in config.sharding.rules "
+                          f"(e.g. ({RANK_AXIS!r}, None), as config.DEFAULT_RULES has)")
     for rule in config.sharding.rules:
         axes = rule[1]
         axes = [] if axes is None else ([axes] if isinstance(axes, str) else list(axes))

@@ -24,9 +24,8 @@ def make_train_step(config, setup: TrainSetup):
 
     mask = setup.trainable
 
-    def micro_loss(params, mb, counts):
-        # No gradient is computed for frozen parameters (config.train.trainable).
-        model = nnx.merge(graphdef, trainable.stop_frozen(params, mask))
+    def micro_loss(train_params, frozen_params, mb, counts):
+        model = nnx.merge(graphdef, trainable.join(train_params, frozen_params))
         with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):  # the cuDNN path pins q/k/v to it
             out = model(mb["tokens"], telemetry=mb["telemetry"], segment_ids=mb["segment_ids"],
                         positions=mb["positions"], head_positions=mb["head_positions"])
@@ -37,8 +36,14 @@ def make_train_step(config, setup: TrainSetup):
     def train_step(state, batch):
         params = state["params"]
         counts = loss_lib.loss_counts(batch)  # over the whole global batch
-        (loss, parts), grads = accum.accumulate(lambda p, mb: grad_fn(p, mb, counts), params, batch, n_micro, micro_sh)
+        # Gradients (and their accumulation buffers) of the trainable parameters only
+        # (config.train.trainable): a frozen base costs no gradient memory.
+        train_params, frozen_params = trainable.split(params, mask)
+        (loss, parts), grads = accum.accumulate(lambda p, mb: grad_fn(p, frozen_params, mb, counts), train_params,
+                                                batch, n_micro, micro_sh)
         grad_norm = optax.global_norm(grads)
+        # The masked optimizer ignores the frozen leaves' values: zeros that are never computed.
+        grads = trainable.join(grads, jax.tree.map(jnp.zeros_like, frozen_params))
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = trainable.apply_updates(params, updates, mask)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

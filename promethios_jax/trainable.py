@@ -1,19 +1,22 @@
 """What trains: a mask over the parameter tree, and an optimizer that leaves the rest alone.
 
 `config.train.trainable` (and each stage's `trains`) is "all" or a "+"-joined list of
-groups of the parameter tree's top-level entries:
+groups of the parameter tree:
 
+    lora         the low-rank adapters (lora_a, lora_b) inside the layer stacks (model/lora.py)
     embeddings   embed_tokens, lm_head
-    layers       every decoder layer stack (layers_k)
+    layers       every decoder layer stack (layers_k), adapters excepted
     norm         the final norm
     backbone     embeddings + layers + norm (the Llama part)
     telemetry    telemetry_encoder (anchor conditioning)
     heads        the governance heads and, when learned, the loss weights (loss_log_vars)
     governance   telemetry + heads
 
-Frozen parameters hold no optimizer state (`optax.multi_transform` gives them
-`set_to_zero`, whose state is empty), get no gradient computed for them
-(`stop_frozen`), and keep their exact bits (`apply_updates` returns them untouched).
+so "lora+governance" is LoRA fine-tuning: the whole Llama frozen, its adapters and the
+governance parts trained. Frozen parameters hold no optimizer state
+(`optax.multi_transform` gives them `set_to_zero`, whose state is empty), get no gradient
+(the step differentiates the `split` trainable part only), and keep their exact bits
+(`apply_updates` returns them untouched).
 """
 from __future__ import annotations
 
@@ -23,12 +26,16 @@ import re
 import jax
 import optax
 
+from promethios_jax.model.lora import LORA_LEAVES
+
+# A leaf belongs to the first group whose pattern matches its "."-joined path.
 GROUPS = {
-    "embeddings": re.compile(r"^(embed_tokens|lm_head)$"),
-    "layers": re.compile(r"^layers_\d+$"),
-    "norm": re.compile(r"^norm$"),
-    "telemetry": re.compile(r"^telemetry_encoder$"),
-    "heads": re.compile(r"^(heads|loss_log_vars)$"),
+    "lora": re.compile(rf"^layers_\d+\..*\.({'|'.join(LORA_LEAVES)})$"),
+    "embeddings": re.compile(r"^(embed_tokens|lm_head)\."),
+    "layers": re.compile(r"^layers_\d+\."),
+    "norm": re.compile(r"^norm\."),
+    "telemetry": re.compile(r"^telemetry_encoder\."),
+    "heads": re.compile(r"^(heads|loss_log_vars)\."),
 }
 ALIASES = {
     "all": tuple(GROUPS),
@@ -61,16 +68,25 @@ def _known() -> str:
     return ", ".join([*ALIASES, *GROUPS])
 
 
+def group_of(path) -> str | None:
+    """The group of a leaf at `path` (a key path or tuple of keys), None when none matches."""
+    name = ".".join(str(getattr(k, "key", k)) for k in path)
+    return next((g for g, pattern in GROUPS.items() if pattern.match(name)), None)
+
+
 def mask(params: dict, spec: str, key: str = "config.train.trainable") -> dict:
     """A tree of bools shaped like `params`: True where the parameter trains."""
     groups = parse(spec, key)
-    unknown = [k for k in params if not any(GROUPS[g].match(k) for g in GROUPS)]
+    leaf_groups = jax.tree_util.tree_map_with_path(lambda path, _: group_of(path), params)
+    flat = jax.tree_util.tree_leaves_with_path(params)
+    unknown = sorted({jax.tree_util.keystr(p) for p, _ in flat if group_of(p) is None})
     if unknown:
         raise TrainableError(f"parameters {unknown} belong to no trainable group; extend trainable.GROUPS")
-    out = {}
-    for k, subtree in params.items():
-        trains = any(GROUPS[g].match(k) for g in groups)
-        out[k] = jax.tree.map(lambda _, t=trains: t, subtree)
+    named = {p.strip() for p in spec.split("+")}
+    if "lora" in named and "lora" not in jax.tree.leaves(leaf_groups):
+        raise TrainableError(f"{key}={spec!r} trains 'lora', but the model has no adapters: set "
+                             "config.model.lora_rank > 0")
+    out = jax.tree.map(lambda g: g in groups, leaf_groups)
     if not any(jax.tree.leaves(out)):
         raise TrainableError(f"{key}={spec!r} selects no parameter of this model")
     return out
@@ -97,9 +113,17 @@ def mask_like_state(tree, trainable: dict, is_leaf=None):
     return jax.tree.map(lambda x, t: x if t else optax.MaskedNode(), tree, trainable, is_leaf=is_leaf)
 
 
-def stop_frozen(params: dict, trainable: dict) -> dict:
-    """Frozen leaves behind `stop_gradient`, so that no gradient is computed for them."""
-    return jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+def split(params: dict, trainable: dict) -> tuple[dict, dict]:
+    """(trainable part, frozen part): `params` twice, with None in place of the other part's
+    leaves, so that a gradient taken of the first covers the trainable leaves only."""
+    pick = lambda want: jax.tree.map(lambda p, t: p if t == want else None, params, trainable)  # noqa: E731
+    return pick(True), pick(False)
+
+
+def join(train: dict, frozen: dict) -> dict:
+    """The inverse of `split` (also for a gradient of the trainable part: frozen leaves then
+    come from `frozen`)."""
+    return jax.tree.map(lambda a, b: b if a is None else a, train, frozen, is_leaf=lambda x: x is None)
 
 
 def apply_updates(params: dict, updates: dict, trainable: dict) -> dict:

@@ -5,8 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
+from promethios_jax import convert
+from promethios_jax import generate as gen
+from promethios_jax.config import load_config_file
 from promethios_jax.data import generate
 from promethios_jax.data.records import load_split
+from promethios_jax.train import train
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 # A minimal instruct-style template (the shape of Llama 3's).
@@ -82,3 +86,51 @@ def base_ids(hf_dir, text: str) -> np.ndarray:
 
     return np.asarray(Tokenizer.from_file(str(Path(hf_dir) / "tokenizer.json")).encode(
         text, add_special_tokens=False).ids)
+
+
+RUN_CONFIG = '''
+from promethios_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.update(max_seq_len=256, compute_dtype="float32")
+    c.model.update({model!r})
+    c.data.path = {data!r}
+    c.train.update(steps=4, global_batch_size=8, warmup_steps=1, learning_rate=3e-3, log_every=1)
+    c.train.update({train!r})
+    c.checkpoint.update(every_steps=2, async_save=False)
+    c.mesh.update(data=-1, fsdp=1, tensor=1)
+    return c
+'''
+
+
+def import_train_export(root, model: dict | None = None, train_keys: dict | None = None, vocab_size: int = 600):
+    """make_hf_base under ROOT, imported with a short fine-tune's config as --config (its
+    model and train keys updated by `model`, `train_keys`), trained 4 steps, exported;
+    returns (base, workdir, export, config)."""
+    root = Path(root)
+    base = make_hf_base(root / "base", root / "data", vocab_size=vocab_size)
+    (root / "run_config.py").write_text(RUN_CONFIG.format(data=str(root / "data"), model=model or {},
+                                                          train=train_keys or {}))
+    wd = root / "wd"
+    convert.import_hf(base, wd, config_path=str(root / "run_config.py"), log=lambda *_: None)
+    config = load_config_file(str(wd / "config.py"))
+    train(config, str(wd))
+    out = root / "export"
+    convert.export_workdir(wd, out, log=lambda *_: None)
+    return base, wd, out, config
+
+
+def greedy_both(model, tok, hf_model, prompt, max_new_tokens: int = 12):
+    """(our greedy generation, transformers' on the same prompt without its final eos)."""
+    import torch
+
+    ours = gen.generate(model, tok, [prompt], telemetry=None, max_new_tokens=max_new_tokens)[0]
+    with torch.no_grad():
+        hf_out = hf_model.generate(torch.as_tensor(prompt[None].astype(np.int64)), max_new_tokens=max_new_tokens,
+                                   do_sample=False, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    hf_new = hf_out[0, len(prompt):].tolist()
+    if hf_new and hf_new[-1] == tok.eos_id:
+        hf_new = hf_new[:-1]
+    return ours, hf_new

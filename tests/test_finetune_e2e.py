@@ -2,7 +2,6 @@
 tiny Llama and a BPE tokenizer trained on the generated corpus (tests/hf_base.py) are
 imported, trained a few steps, exported, and transformers' greedy generation of the
 export equals ours token for token, governance tokens included."""
-import importlib.util
 import json
 
 import numpy as np
@@ -14,50 +13,18 @@ pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.slow  # an import, a short fine-tune and an export: a minute or more on 2 cores
 
 import promethios_jax  # noqa: E402
-from promethios_jax import convert  # noqa: E402
-from promethios_jax import generate as gen  # noqa: E402
 from promethios_jax.data.hf_tokenizer import HFTokenizer, round_vocab  # noqa: E402
 from promethios_jax.data.records import load_split  # noqa: E402
 from promethios_jax.data.control import TAG_RE  # noqa: E402
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays  # noqa: E402
 from promethios_jax.interop.safetensors_io import SafetensorsReader  # noqa: E402
-from tests.hf_base import base_ids, make_hf_base  # noqa: E402
-
-RUN_CONFIG = '''
-from promethios_jax.config import base_config
-
-
-def get_config():
-    c = base_config()
-    c.model.update(max_seq_len=256, compute_dtype="float32")
-    c.data.path = {data!r}
-    c.train.update(steps=4, global_batch_size=8, warmup_steps=1, learning_rate=3e-3, log_every=1)
-    c.checkpoint.update(every_steps=2, async_save=False)
-    c.mesh.update(data=-1, fsdp=1, tensor=1)
-    return c
-'''
-
-
-def _load_config(path):
-    spec = importlib.util.spec_from_file_location("imported_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from tests.hf_base import base_ids, greedy_both, import_train_export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
-    from promethios_jax.train import train
-
     root = tmp_path_factory.mktemp("finetune")
-    base = make_hf_base(root / "base", root / "data", vocab_size=600)
-    (root / "run_config.py").write_text(RUN_CONFIG.format(data=str(root / "data")))
-    wd = root / "wd"
-    convert.import_hf(base, wd, config_path=str(root / "run_config.py"), log=lambda *_: None)
-    config = _load_config(wd / "config.py")
-    train(config, str(wd))
-    out = root / "export"
-    convert.export_workdir(wd, out, log=lambda *_: None)
+    base, wd, out, config = import_train_export(root)
     return root, base, wd, out, config
 
 
@@ -95,12 +62,6 @@ def test_transformers_greedy_equals_ours_on_the_export(finetuned):
         text = hf_tok.bos_token + ours_tok.canonical_text(rec["prompt"]) + "<assess>"
         assert hf_tok.encode(text, add_special_tokens=False) == prompt.tolist()
         assert ours_tok.is_control(prompt).sum() >= 5 and prompt[-1] == ours_tok.assess_id
-        ours = gen.generate(model, ours_tok, [prompt], telemetry=None, max_new_tokens=12)[0]
-        with torch.no_grad():
-            hf_out = hf_model.generate(torch.as_tensor(prompt[None].astype(np.int64)), max_new_tokens=12,
-                                       do_sample=False, eos_token_id=ours_tok.eos_id, pad_token_id=ours_tok.pad_id)
-        hf_new = hf_out[0, len(prompt):].tolist()
-        if hf_new and hf_new[-1] == ours_tok.eos_id:
-            hf_new = hf_new[:-1]
+        ours, hf_new = greedy_both(model, ours_tok, hf_model, prompt)
         assert ours.ids == hf_new
         assert hf_tok.decode(hf_new) == ours_tok.decode(ours.ids)

@@ -32,6 +32,8 @@ from promethios_jax.interop.safetensors_io import (DEFAULT_MAX_SHARD, GOVERNANCE
 from promethios_jax.model.hf_llama import (ConversionError, TensorMap, check_hf_tensors, default_layer_ranges,
                                            hf_config_from_model, is_backbone, model_keys_from_hf, ranges_valid,
                                            tensor_map, to_hf, to_ours)
+from promethios_jax.model.lora import LORA_LEAVES, merged_kernel
+from promethios_jax.model.spec import ModelSpec
 from promethios_jax.model.vocab import EMBED_PATH, LM_HEAD_PATH, grow_vocab
 from promethios_jax.state import abstract_train_state
 
@@ -314,9 +316,14 @@ def export_params(params, config, out, max_shard_size=DEFAULT_MAX_SHARD, log=pri
     if missing:
         raise ConversionError(f"the checkpoint has no parameter(s) {', '.join(missing)}")
     writer = ShardWriter(out, parse_size(max_shard_size))
-    n = 0
+    n = merged = 0
+    lora_scale = ModelSpec.from_config(config.model).lora_scale
     for path, tms in by_leaf.items():
         host = np.asarray(jax.device_get(flat[path]), np.float32)
+        a, b = (flat.get(path[:-1] + (leaf,)) for leaf in LORA_LEAVES)
+        if a is not None:  # an adapter: Llama has none, so it goes into the weight (W + alpha/r A@B)
+            host = merged_kernel(host, jax.device_get(a), jax.device_get(b), lora_scale)
+            merged += 1
         for tm in tms:
             x = host if tm.index is None else host[tm.index]
             if math.prod(x.shape) != math.prod(tm.hf_shape):
@@ -339,6 +346,8 @@ def export_params(params, config, out, max_shard_size=DEFAULT_MAX_SHARD, log=pri
         # AutoTokenizer.from_pretrained(out) gives our ids.
         files = files + build_tokenizer(config).save_pretrained(out)
     msg = f"exported {n:,} backbone parameters to {out} ({', '.join(files)})"
+    if merged:
+        msg += f"; low-rank adapters merged into {merged} weight stacks (W + alpha/r A@B)"
     log(msg + (f"; governance parts in {GOVERNANCE_FILE}" if gov else ""))
     return hf
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from promethios_jax.model.lora import RANK_AXIS, target_projections
 from promethios_jax.model.spec import ModelSpec
 
 
@@ -57,10 +58,40 @@ def rms_norm(x, scale, eps: float, out_dtype=None):
 
 
 class Proj(nnx.Module):
-    """A bias-free projection's weight, as `<name>.kernel` in the param tree."""
+    """A bias-free projection's weight, as `<name>.kernel` in the param tree, with an
+    optional low-rank adapter beside it (`lora_a`, `lora_b`: model/lora.py).
 
-    def __init__(self, kernel: nnx.Param):
+    `n_in` leading axes of the kernel (after "layers") are its inputs, the rest its outputs."""
+
+    def __init__(self, kernel: nnx.Param, *, n_in: int = 1, lora_rank: int = 0, lora_scale: float = 0.0,
+                 rngs: nnx.Rngs | None = None):
         self.kernel = kernel
+        self.lora_scale = lora_scale if lora_rank else 0.0
+        if lora_rank:
+            names = kernel.get_metadata().get("out_sharding")
+            stacked = names[0] == "layers"
+            shape, names = kernel.shape[stacked:], names[stacked:]
+            stack = kernel.shape[0] if stacked else 0
+            fan_in = math.prod(shape[:n_in])
+            # Trainable: float32 master weights whatever param_dtype the frozen base uses.
+            self.lora_a = param(rngs, shape[:n_in] + (lora_rank,), names[:n_in] + (RANK_AXIS,), fan_in ** -0.5,
+                                stack=stack)
+            self.lora_b = param(None, (lora_rank,) + shape[n_in:], (RANK_AXIS,) + names[n_in:], None, stack=stack)
+
+    def __call__(self, x, equation: str):
+        """`einsum(equation, x, kernel)` plus the adapter's scaled low-rank path."""
+        y = jnp.einsum(equation, x, self.kernel[...])
+        if not self.lora_scale:
+            return y
+        a, b = self.lora_a[...], self.lora_b[...]
+        low = jnp.tensordot(x, a, axes=a.ndim - 1)
+        return y + (self.lora_scale * jnp.tensordot(low, b, axes=1)).astype(y.dtype)
+
+
+def lora_proj(spec: ModelSpec, name: str, kernel: nnx.Param, *, rngs: nnx.Rngs, n_in: int = 1) -> Proj:
+    """A decoder projection `name` (q_proj, ...), with an adapter when config.model.lora_targets names it."""
+    rank = spec.lora_rank if name in target_projections(spec.lora_targets) else 0
+    return Proj(kernel, n_in=n_in, lora_rank=rank, lora_scale=spec.lora_scale, rngs=rngs)
 
 
 class RMSNorm(nnx.Module):
@@ -260,21 +291,26 @@ def _attention_cudnn(q, k, v, q_seg, kv_seg, max_segments):
 class Attention(nnx.Module):
     """Llama self-attention: separate q/k/v/o projections, no biases, RoPE, GQA."""
 
-    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0):
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0, adapter_rngs: nnx.Rngs | None = None):
         d, h, kv, hd, std = spec.d_model, spec.n_heads, spec.n_kv_heads, spec.hd, spec.init_std
+        ar = rngs if adapter_rngs is None else adapter_rngs
         pdt = spec.pdtype
         out_std = std / math.sqrt(2 * spec.n_layers)  # residual-branch outputs, GPT-2 style
-        self.q_proj = Proj(param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std, pdt, stack))
-        self.k_proj = Proj(param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt, stack))
-        self.v_proj = Proj(param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt, stack))
-        self.o_proj = Proj(param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std, pdt, stack))
+        q = param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), std, pdt, stack)
+        k = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt, stack)
+        v = param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), std, pdt, stack)
+        o = param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), out_std, pdt, stack)
+        self.q_proj = lora_proj(spec, "q_proj", q, rngs=ar)
+        self.k_proj = lora_proj(spec, "k_proj", k, rngs=ar)
+        self.v_proj = lora_proj(spec, "v_proj", v, rngs=ar)
+        self.o_proj = lora_proj(spec, "o_proj", o, rngs=ar, n_in=2)
 
     def __call__(self, x, ctx, cache=None):
         """x [B, L, D] → [B, L, D]. With cache={"k","v"} [B, Lc, KV, hd], writes this chunk's
         keys/values at ctx.cache_index and attends over the cache; returns (y, new_cache)."""
-        q = jnp.einsum("bld,dnh->blnh", x, self.q_proj.kernel[...])
-        k = jnp.einsum("bld,dnh->blnh", x, self.k_proj.kernel[...])
-        v = jnp.einsum("bld,dnh->blnh", x, self.v_proj.kernel[...])
+        q = self.q_proj(x, "bld,dnh->blnh")
+        k = self.k_proj(x, "bld,dnh->blnh")
+        v = self.v_proj(x, "bld,dnh->blnh")
         q = apply_rope(q, ctx.cos, ctx.sin)
         k = apply_rope(k, ctx.cos, ctx.sin)
         impl = ctx.impl
@@ -285,21 +321,24 @@ class Attention(nnx.Module):
             impl = "xla"  # one query row against a cache: memory-bound, nothing to gain from flash
         o = dot_product_attention(q, k, v, q_idx=ctx.q_idx, kv_idx=ctx.kv_idx, q_seg=ctx.q_seg,
                                   kv_seg=ctx.kv_seg, impl=impl, max_segments=ctx.max_segments)
-        y = jnp.einsum("blnh,nhd->bld", o, self.o_proj.kernel[...])
+        y = self.o_proj(o, "blnh,nhd->bld")
         return y, cache
 
 
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
 
-    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0):
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0, adapter_rngs: nnx.Rngs | None = None):
         d, f, std, pdt = spec.d_model, spec.d_ff, spec.init_std, spec.pdtype
-        self.gate_proj = Proj(param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack))
-        self.up_proj = Proj(param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack))
-        self.down_proj = Proj(param(rngs, (f, d), ("mlp", "embed"),
-                                               std / math.sqrt(2 * spec.n_layers), pdt, stack))
+        ar = rngs if adapter_rngs is None else adapter_rngs
+        gate = param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack)
+        up = param(rngs, (d, f), ("embed", "mlp"), std, pdt, stack)
+        down = param(rngs, (f, d), ("mlp", "embed"), std / math.sqrt(2 * spec.n_layers), pdt, stack)
+        self.gate_proj = lora_proj(spec, "gate_proj", gate, rngs=ar)
+        self.up_proj = lora_proj(spec, "up_proj", up, rngs=ar)
+        self.down_proj = lora_proj(spec, "down_proj", down, rngs=ar)
 
     def __call__(self, x):
-        gate = x @ self.gate_proj.kernel[...]
-        up = x @ self.up_proj.kernel[...]
-        return (jax.nn.silu(gate) * up) @ self.down_proj.kernel[...]
+        gate = self.gate_proj(x, "...d,df->...f")
+        up = self.up_proj(x, "...d,df->...f")
+        return self.down_proj(jax.nn.silu(gate) * up, "...f,fd->...d")

@@ -8,6 +8,7 @@ Parameter tree (nnx.split(model, nnx.Param)); segment k holds layers segments[k]
   layers_k.post_attention_layernorm.scale             [n, D]
   layers_k.mlp.{gate,up}_proj.kernel                  [n, D, F]       (layers, embed, mlp)
   layers_k.mlp.down_proj.kernel                       [n, F, D]       (layers, mlp, embed)
+  layers_k.<block>.<proj>.lora_{a,b}                  [n, in.., r], [n, r, out..] (only with LoRA, model/lora.py)
   norm.scale                                          [D]
   lm_head.kernel                                      [D, V]          (absent when tie_embeddings)
   telemetry_encoder.fc1.{kernel,bias}                 [T, W], [W]
@@ -28,6 +29,8 @@ from promethios_jax.model.backbone.transformer import Context, DecoderBlock, run
 from promethios_jax.model.governance import GovernanceHeads, LossLogVars, TelemetryEncoder, prompt_means
 from promethios_jax.model.layers import Proj, RMSNorm, param, rope_tables
 from promethios_jax.model.spec import ModelSpec
+
+_ADAPTER_STREAM = 0x10A  # fold_in constant of the adapters' random stream
 
 
 @flax.struct.dataclass
@@ -73,8 +76,10 @@ class GovernanceTransformer(nnx.Module):
         spec = ModelSpec.from_config(model_cfg)
         self.spec = spec
         self.embed_tokens = Embedding(spec, rngs=rngs)
+        # Adapters draw from their own stream, so the base weights a seed gives do not depend on LoRA.
+        adapter_rngs = nnx.Rngs(params=jax.random.fold_in(rngs.params.key[...], _ADAPTER_STREAM))
         for k, (s, e) in enumerate(spec.segments):
-            setattr(self, f"layers_{k}", DecoderBlock(spec, rngs=rngs, stack=e - s))
+            setattr(self, f"layers_{k}", DecoderBlock(spec, rngs=rngs, stack=e - s, adapter_rngs=adapter_rngs))
         self.norm = RMSNorm(spec.d_model, spec.norm_eps, dtype=spec.pdtype)
         self.lm_head = None if spec.tie_embeddings else Proj(
             param(rngs, (spec.d_model, spec.vocab_size), ("embed", "vocab"), spec.init_std, spec.pdtype))

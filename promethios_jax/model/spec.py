@@ -13,6 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from promethios_jax.model.heads import POOL_KEYS
+from promethios_jax.model.lora import parse_targets
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -60,6 +61,10 @@ class ModelSpec:
     n_bias: int = 6
     init_std: float = 0.02
     learned_loss_weights: bool = False  # Kendall et al. log-variances (mirrors loss.uncertainty_weighting)
+    # Low-rank adapters on the decoder's projections (model/lora.py): rank 0 = none.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0  # the adapter's output is scaled by lora_alpha / lora_rank
+    lora_targets: str = "attention,mlp"  # comma-separated: q,k,v,o,gate,up,down (or attention, mlp)
 
     @classmethod
     def from_config(cls, model_cfg) -> "ModelSpec":
@@ -96,6 +101,10 @@ class ModelSpec:
         return _DTYPES[self.param_dtype]
 
     @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    @property
     def anchors(self) -> tuple:
         """Distinct 1-based anchor layers, sorted."""
         return tuple(sorted(set(self.anchor_layers)))
@@ -124,6 +133,11 @@ class ModelSpec:
                              ("rope_scaling_type", ROPE_SCALING_TYPES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config.model.{key}={getattr(self, key)!r}: use one of {list(allowed)}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"config.model.lora_rank={self.lora_rank!r} must be an integer >= 0 (0: no adapters)")
+        if self.lora_rank and not self.lora_alpha > 0:
+            raise ValueError(f"config.model.lora_alpha={self.lora_alpha!r} must be positive")
+        parse_targets(self.lora_targets)
         for a in self.anchor_layers:
             if not 1 <= a <= self.n_layers:
                 raise ValueError(f"config.model.anchor_layers: {a} is outside 1..{self.n_layers}")

@@ -36,11 +36,11 @@ class Context:
 class DecoderBlock(nnx.Module):
     """x + attn(norm(x)), then + mlp(norm(x)); built with `stack` layers' parameters."""
 
-    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0):
+    def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, stack: int = 0, adapter_rngs: nnx.Rngs | None = None):
         self.input_layernorm = RMSNorm(spec.d_model, spec.norm_eps, dtype=spec.pdtype, stack=stack)
-        self.self_attn = Attention(spec, rngs=rngs, stack=stack)
+        self.self_attn = Attention(spec, rngs=rngs, stack=stack, adapter_rngs=adapter_rngs)
         self.post_attention_layernorm = RMSNorm(spec.d_model, spec.norm_eps, dtype=spec.pdtype, stack=stack)
-        self.mlp = MLP(spec, rngs=rngs, stack=stack)
+        self.mlp = MLP(spec, rngs=rngs, stack=stack, adapter_rngs=adapter_rngs)
 
     def __call__(self, h, ctx: Context, cache=None):
         a, cache = self.self_attn(self.input_layernorm(h), ctx, cache)
