@@ -200,12 +200,12 @@ def _use_saved_tokenizer(workdir, step: int, config) -> None:
             f"checkpoint step {step} holds no tokenizer ({step_dir(workdir, step) / 'tokenizer'} is missing), so the "
             f"ids it was trained with (config.data.tokenizer={spec!r}) cannot be checked or rebuilt; restore that "
             "directory from a copy of the checkpoint")
-    if record["vocab_size"] > config.model.vocab_size:
+    files = record["files"]
+    if files and record["vocab_size"] > config.model.vocab_size:
         raise WorkdirError(
             f"checkpoint step {step}: its tokenizer ({record.get('name')}, {record['vocab_size']} ids) does not match "
             f"config.model.vocab_size={config.model.vocab_size}: the model has no rows for ids "
             f">= {config.model.vocab_size}")
-    files = record["files"]
     if not files:
         config.data.tokenizer = "byte"
         return

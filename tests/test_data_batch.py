@@ -21,7 +21,7 @@ def data_dir(tmp_path_factory):
 
 def _config():
     c = base_config()
-    c.model.max_seq_len = 256
+    c.model.max_seq_len = 384  # every byte-token prompt fits (requests may carry asides)
     c.train.global_batch_size = 8
     c.data.max_segments_per_row = 4
     c.eval.batch_size = 4
@@ -37,7 +37,7 @@ def test_every_batch_has_the_declared_layout(data_dir):
     mesh = sharding.make_mesh(c)
     declared = {k: (shape, np.dtype(dt)) for k, (shape, dt) in batch_lib.config_shapes(c).items()}
     assert list(declared) == list(batch_lib.NAMES)
-    assert declared["telemetry"] == ((8, 256, schema.TELEMETRY_DIM), np.float32)
+    assert declared["telemetry"] == ((8, 384, schema.TELEMETRY_DIM), np.float32)
     assert declared["uncertainty"] == ((8, 4, 6), np.float32)
 
     from_pipeline = next(pipeline.make_train_iterator(c, data_dir))
