@@ -80,7 +80,7 @@ def ensure_writable(workdir) -> Path:
     path = Path(workdir).absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
+        probe = path / f".write_probe.{os.getpid()}"  # per process: several may start at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
