@@ -41,9 +41,6 @@ def serve_config():
     c.train.update(steps=2, warmup_steps=1)
     c.checkpoint.every_steps = 2
     c.eval.max_new_tokens = 12
-    # A 2-step model's HITL probabilities sit just under 0.5; this threshold splits the
-    # held-out split so that both verdicts occur.
-    c.eval.hitl_escalation_threshold = 0.49
     return c
 
 
@@ -93,7 +90,28 @@ def workdir(tmp_path_factory):
 
     wd = tmp_path_factory.mktemp("serve_run")
     train.train(serve_config(), str(wd))
+    _split_the_verdicts(wd)
     return wd
+
+
+def _split_the_verdicts(wd):
+    """A 2-step model's HITL probabilities sit in a narrow band around 0.5: the saved
+    escalation threshold becomes their median on the held-out prompts, so both verdicts
+    occur (the server reads it from the checkpoint's config)."""
+    from promethios_jax import checkpoint as ckpt
+    from promethios_jax.data import pipeline
+    from promethios_jax.workdir import checkpoint_steps, step_dir
+
+    model, config = ckpt.load(wd)
+    probs = []
+    for b in pipeline.eval_batches(config, str(wd / "data"), "heldout", batch_size=16):
+        out = model(b["tokens"], telemetry=b["telemetry"], segment_ids=b["segment_ids"], positions=b["positions"],
+                    head_positions=b["head_positions"])
+        probs += (1 / (1 + np.exp(-np.asarray(out.heads["hitl"])[:b["num_valid"], 0]))).tolist()
+    path = step_dir(wd, checkpoint_steps(wd)[-1]) / "config" / "metadata"
+    saved = json.loads(path.read_text())
+    saved["eval"]["hitl_escalation_threshold"] = float(np.median(probs))
+    path.write_text(json.dumps(saved))
 
 
 @pytest.fixture(scope="module")
