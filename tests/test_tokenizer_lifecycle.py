@@ -107,25 +107,29 @@ def test_missing_tokenizer_is_refused(run, tmp_path):
         workdir_lib.read_config(wd)
 
 
+def edit_newest(wd, item: str, change) -> None:
+    """Applies `change` to the JSON of the newest checkpoint's `item`."""
+    path = workdir_lib.step_dir(wd, workdir_lib.checkpoint_steps(wd)[-1]) / item / "metadata"
+    saved = json.loads(path.read_text())
+    change(saved)
+    path.write_text(json.dumps(saved))
+
+
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(run, tmp_path):
     wd = copy_run(run, tmp_path)
-    step = workdir_lib.checkpoint_steps(wd)[-1]
-    path = workdir_lib.step_dir(wd, step) / "config" / "metadata"
-    saved = json.loads(path.read_text())
-    saved["model"]["vocab_size"] = 512
-    path.write_text(json.dumps(saved))
+    edit_newest(wd, "config", lambda saved: saved["model"].update(vocab_size=512))
     with pytest.raises(WorkdirError, match=rf"{PIECES} ids\) does not match config.model.vocab_size=512"):
         workdir_lib.read_config(wd)
 
 
 def test_corrupt_tokenizer_copy_is_refused(run, tmp_path):
     wd = copy_run(run, tmp_path)
-    step = workdir_lib.checkpoint_steps(wd)[-1]
-    path = workdir_lib.step_dir(wd, step) / "tokenizer" / "metadata"
-    record = json.loads(path.read_text())
-    for f in record["files"].values():
-        f["data"] = f["data"][:-8] + "AAAAAAA="
-    path.write_text(json.dumps(record))
+
+    def garble(record):
+        for f in record["files"].values():
+            f["data"] = f["data"][:-8] + "AAAAAAA="
+
+    edit_newest(wd, "tokenizer", garble)
     with pytest.raises(WorkdirError, match="corrupt"):
         workdir_lib.read_config(wd)
 
