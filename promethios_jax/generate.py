@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from promethios_jax.model import heads as heads_lib
+from promethios_jax.model import model as model_lib
 
 
 @dataclasses.dataclass
@@ -77,7 +78,7 @@ def _prefill(graphdef, state, tokens, segment_ids, positions, telemetry, cache, 
 def _kv_segments(prompt_segments, cache):
     """Segment ids of every cache row: the prompt's (0 = left padding), then 1 for generated rows."""
     b, p = prompt_segments.shape
-    total = cache[0]["k"].shape[2]
+    total = model_lib.cache_length(cache)
     return jnp.concatenate([prompt_segments, jnp.ones((b, total - p), jnp.int32)], axis=1)
 
 

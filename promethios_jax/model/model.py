@@ -63,6 +63,11 @@ def positions_from_segments(segment_ids):
     return (idx - first).astype(jnp.int32)
 
 
+def cache_length(cache) -> int:
+    """Rows a KV cache holds (init_cache's `length`)."""
+    return cache[0]["k"].shape[2]
+
+
 class GovernanceTransformer(nnx.Module):
     """`model(tokens, telemetry=None, segment_ids=None, positions=None, head_positions=None)`.
 
@@ -93,18 +98,25 @@ class GovernanceTransformer(nnx.Module):
         return out
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list:
-        """Zeroed KV cache: per segment {"k", "v"} [n, batch, length, KV, hd] in the compute dtype."""
+        """Zeroed KV cache: per layer {"k", "v"} [batch, KV, length, hd] in the compute dtype.
+
+        One array per layer, not a stack per segment: decoding runs the layers unrolled and
+        each layer writes its rows in place and reads its own buffer, where slicing a stack
+        (or a scan emitting one) copies the whole cache every step; length sits beside
+        head_dim so attention's products read the cache without a transpose."""
         spec = self.spec
         dtype = dtype or spec.dtype
-        return [{name: jnp.zeros((e - s, batch, length, spec.n_kv_heads, spec.hd), dtype) for name in ("k", "v")}
-                for s, e in spec.segments]
+        return [{name: jnp.zeros((batch, spec.n_kv_heads, length, spec.hd), dtype) for name in ("k", "v")}
+                for _ in range(spec.n_layers)]
 
     def decode(self, tokens, cache, cache_index, *, kv_segment_ids=None, segment_ids=None, positions=None,
                telemetry=None, head_positions=None):
-        """Runs tokens [B, l] as cache rows cache_index..cache_index+l-1 (the same rows for
-        every batch row: prompts are left-padded). Keys attend to cache rows <= their own
-        and, when segment ids are given, of the same segment (kv_segment_ids [B, Lc] covers
-        the whole cache). Returns (ModelOutput, new_cache)."""
+        """Runs tokens [B, l] as cache rows cache_index..cache_index+l-1: cache_index a
+        scalar (the same rows for every batch row: prompts are left-padded) or [B] (each row
+        at its own position). Queries attend to the cache rows up to their own and, when
+        segment ids are given, of the same segment (kv_segment_ids [B, Lc] covers the whole
+        cache). Returns (ModelOutput, new_cache): the cache with the chunk's rows written
+        (donate it and the writes are in place)."""
         if (segment_ids is None) != (kv_segment_ids is None):
             raise ValueError("decode: give both segment_ids and kv_segment_ids, or neither")
         return self._forward(tokens, telemetry, segment_ids, positions, head_positions, cache=cache,
@@ -120,7 +132,8 @@ class GovernanceTransformer(nnx.Module):
             segment_ids = jnp.asarray(segment_ids, jnp.int32)
         if positions is None:
             if cache is not None:
-                positions = jnp.broadcast_to(cache_index + jnp.arange(length), (b, length))
+                positions = jnp.broadcast_to(jnp.reshape(jnp.asarray(cache_index), (-1, 1)) + jnp.arange(length),
+                                             (b, length))
             elif segment_ids is not None:
                 positions = positions_from_segments(segment_ids)
             else:
@@ -133,9 +146,9 @@ class GovernanceTransformer(nnx.Module):
             ctx = Context(cos, sin, jnp.arange(length), jnp.arange(length), segment_ids, segment_ids,
                           spec.attention_impl, max_segments=max_segments)
         else:
-            cache_len = cache[0]["k"].shape[2]
-            ctx = Context(cos, sin, cache_index + jnp.arange(length), jnp.arange(cache_len), segment_ids,
-                          kv_segment_ids, spec.attention_impl, cache_index=cache_index)
+            q_idx = jnp.reshape(jnp.asarray(cache_index), (-1, 1)) + jnp.arange(length)  # [1 or B, l]
+            ctx = Context(cos, sin, q_idx, jnp.arange(cache_length(cache)), segment_ids, kv_segment_ids,
+                          spec.attention_impl, cache_index=cache_index)
         if head_positions is None:
             head_positions = jnp.full((b, 1), length - 1, jnp.int32)
         head_positions = jnp.asarray(head_positions, jnp.int32)
@@ -153,14 +166,14 @@ class GovernanceTransformer(nnx.Module):
         anchor_of_start = {a - 1: i for i, a in enumerate(spec.anchors)}
 
         reads, new_cache = [], []
-        for k, (s, _) in enumerate(spec.segments):
+        for k, (s, e) in enumerate(spec.segments):
             if signals is not None and s in anchor_of_start:
                 h = h + signals[anchor_of_start[s]]  # conditioning enters layer s+1 (1-based anchor)
             h, r, c = run_segment(getattr(self, f"layers_{k}"), h, ctx, head_positions, spec,
-                                  cache=None if cache is None else cache[k],
+                                  cache=None if cache is None else cache[s:e],
                                   remat=spec.remat_policy if cache is None else "none", scan=spec.scan_layers)
             reads.append(r)
-            new_cache.append(c)
+            new_cache += c or []
 
         hn = self.norm(h)
         if self.lm_head is None:
@@ -169,7 +182,9 @@ class GovernanceTransformer(nnx.Module):
             kernel = self.lm_head.kernel[...].astype(dtype)
         logits = jnp.einsum("bld,dv->blv", hn, kernel, preferred_element_type=jnp.float32)
         rows = jnp.arange(b)[:, None]
+        head_telemetry = (jnp.zeros((b, head_positions.shape[1], spec.telemetry_dim), jnp.float32)
+                          if telemetry is None else telemetry[rows, head_positions].astype(jnp.float32))
         heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0),
-                           prompt_means(hn, segment_ids, head_positions))
+                           prompt_means(hn, segment_ids, head_positions), head_telemetry)
         out = ModelOutput(logits=logits.astype(jnp.float32), heads=heads)
         return out, (None if cache is None else new_cache)

@@ -1,13 +1,13 @@
 """Continuous batching over fixed decode slots (the JetStream engine shape).
 
-Each of `num_slots` slots owns one row of a KV cache [n, slots, max_len, KV, hd] and
+Each of `num_slots` slots owns one row of a KV cache (per layer [slots, KV, max_len, hd]) and
 its own decode state: last token, cache position, telemetry, sampling parameters and
 PRNG key. A request is prefilled alone (its prompt right-padded to a length bucket;
 causal attention keeps the padding invisible), its cache rows are inserted into a free
 slot, and one jitted step then decodes one token for every slot. The step runs the
-model's KV-cache decode per slot under `vmap`, so each slot writes and reads at its own
-position. A row's arithmetic never depends on the other rows, so a greedy answer is the
-same alone or among 31 others.
+model's KV-cache decode once for all slots with a cache position per slot, so each slot
+writes and reads at its own position. A row's arithmetic never depends on the other
+rows, so a greedy answer is the same alone or among 31 others.
 
 The loop runs in one thread and keeps one step in flight: while the device computes
 step t+1 the host reads step t's tokens, checks stop conditions and hands the text out.
@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from promethios_jax.model import heads as heads_lib
+from promethios_jax.model import model as model_lib
 from promethios_jax.serve import checkpoint_io as io
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def _prefill_insert(static, params, cache, slots, tokens, length, telemetry, slo
     key = jax.random.PRNGKey(seed)
     logits = jax.lax.dynamic_index_in_dim(out.logits[0], length - 1, keepdims=True)
     first = io.sample_token(logits, jax.random.fold_in(key, length - 1), temperature, top_p)[0]
-    cache = [{name: jax.lax.dynamic_update_slice(c[name], p[name], (0, slot, 0, 0, 0)) for name in c}
+    cache = [{name: jax.lax.dynamic_update_slice(c[name], p[name], (slot, 0, 0, 0)) for name in c}
              for c, p in zip(cache, prefix)]
     slots = {"token": slots["token"].at[slot].set(first), "position": slots["position"].at[slot].set(length),
              "telemetry": slots["telemetry"].at[slot].set(telemetry), "key": slots["key"].at[slot].set(key),
@@ -156,15 +157,10 @@ def _prefill_insert(static, params, cache, slots, tokens, length, telemetry, slo
 def _generate_step(static, params, cache, slots):
     """One token for every slot at its own cache position. Returns (cache, slots, tokens [S])."""
     model = static.merge(params)
-    max_len = cache[0]["k"].shape[2]
-
-    def one(token, position, telemetry, rows):
-        rows = jax.tree.map(lambda x: x[:, None], rows)  # this slot's cache as a batch of one
-        out, rows = model.decode(token[None, None], rows, position, telemetry=telemetry[None])
-        return out.logits[0, -1], jax.tree.map(lambda x: x[:, 0], rows)
-
-    logits, cache = jax.vmap(one, in_axes=(0, 0, 0, 1), out_axes=(0, 1))(
-        slots["token"], slots["position"], slots["telemetry"], cache)
+    max_len = model_lib.cache_length(cache)
+    # Each slot reads and writes the cache at its own position (decode's [S] cache_index).
+    out, cache = model.decode(slots["token"][:, None], cache, slots["position"], telemetry=slots["telemetry"])
+    logits = out.logits[:, -1]
 
     def sample(logits, slots):
         keys = jax.vmap(jax.random.fold_in)(slots["key"], slots["position"])

@@ -29,7 +29,7 @@ class Context:
     q_seg: Any  # [B, L] segment ids or None
     kv_seg: Any  # [B, Lk] or None
     impl: str
-    cache_index: Any = None  # where this chunk's keys/values go in the cache
+    cache_index: Any = None  # where this chunk's keys/values go in the cache: scalar or [B]
     max_segments: int | None = None  # bound on runs of equal segment ids per row (cuDNN's packed layout)
 
 
@@ -65,8 +65,10 @@ def run_segment(stack: DecoderBlock, h, ctx: Context, head_positions, spec: Mode
     """Runs one segment's layers over h [B, L, D].
 
     Returns (h, reads, cache): reads [n, B, S, D] is each layer's output gathered at
-    head_positions [B, S] (the heads pool layer ranges without keeping [n, B, L, D]);
-    cache is the segment's updated {"k", "v"} [n, B, Lc, KV, hd] or None.
+    head_positions [B, S] (the heads pool layer ranges without keeping [n, B, L, D]).
+    cache is None or the segment's layers' caches, a list of {"k", "v"} [B, KV, Lc, hd]
+    (model.init_cache), returned updated: with a cache the layers run unrolled, each on its
+    own buffer, so the writes stay in place (a scan over a stacked cache copies it).
     """
     graphdef, state = nnx.split(stack)
     dtype = spec.dtype
@@ -84,16 +86,15 @@ def run_segment(stack: DecoderBlock, h, ctx: Context, head_positions, spec: Mode
     if use_remat:
         body = jax.checkpoint(body, policy=policy, prevent_cse=not scan)
 
-    if scan:
-        h, (reads, cache) = jax.lax.scan(body, h, (state, cache))
-        return h, reads, cache
+    if scan and cache is None:
+        h, (reads, _) = jax.lax.scan(body, h, (state, None))
+        return h, reads, None
 
     n = jax.tree.leaves(state)[0].shape[0]
     reads, caches = [], []
     for i in range(n):
-        xs = jax.tree.map(lambda x: x[i], (state, cache))
-        h, (r, c) = body(h, xs)
+        layer_state = jax.tree.map(lambda x: x[i], state)
+        h, (r, c) = body(h, (layer_state, None if cache is None else cache[i]))
         reads.append(r)
         caches.append(c)
-    cache = None if cache is None else jax.tree.map(lambda *x: jnp.stack(x), *caches)
-    return h, jnp.stack(reads), cache
+    return h, jnp.stack(reads), (None if cache is None else caches)
