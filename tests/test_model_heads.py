@@ -6,15 +6,11 @@ import numpy as np
 from tests.test_model_backbone import build, fwd, params_of, reference_forward
 
 
-def _mlp(p, x, norm=False, eps=1e-5, prompt=None, telemetry=None):
+def _mlp(p, x, norm=False, eps=1e-5, prompt=None):
     if norm:
         x = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * p["norm"]["scale"]
     if prompt is not None:
         x = np.concatenate([x, prompt], -1)
-    if telemetry is not None or p["fc1"]["kernel"].shape[0] > x.shape[-1]:
-        # the rule heads read the telemetry; without any, its vector is zeros
-        x = np.concatenate([x, np.zeros(x.shape[:-1] + (p["fc1"]["kernel"].shape[0] - x.shape[-1],))
-                            if telemetry is None else telemetry], -1)
     h = x @ p["fc1"]["kernel"] + p["fc1"]["bias"]
     h = h / (1 + np.exp(-h))
     return h @ p["fc2"]["kernel"] + p["fc2"]["bias"]
@@ -59,34 +55,6 @@ def test_heads_read_their_layers_at_their_positions():
                                atol=1e-5)
     np.testing.assert_allclose(out.tool_logits, _mlp(heads["tool"], states[3][rows, hp], norm=True, prompt=prompt),
                                rtol=1e-4, atol=1e-5)
-
-
-def test_rule_heads_read_the_telemetry_at_their_positions():
-    # hitl, decision and confidence also read the raw telemetry vector at their head
-    # position (the rule's inputs, by a path that padding the request cannot move); the
-    # others do not. The anchors' projections are zeroed so the residual stream is the
-    # backbone's and the reference needs no conditioning.
-    model, c = build()
-    enc = model.telemetry_encoder.anchor_proj
-    enc.kernel[...] = jnp.zeros_like(enc.kernel[...])
-    enc.bias[...] = jnp.zeros_like(enc.bias[...])
-    rng = np.random.default_rng(4)
-    tokens = rng.integers(0, c.model.vocab_size, (2, 9))
-    tel = rng.uniform(0, 1, (2, 9, c.model.telemetry_dim)).astype(np.float32)
-    hp = np.array([[3, 8], [0, 6]])
-    out = fwd(model, jnp.asarray(tokens), telemetry=jnp.asarray(tel), head_positions=jnp.asarray(hp))
-    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params_of(model))["heads"]
-    _, _, final = reference_forward(params_of(model), model.spec, tokens)
-    rows = np.arange(2)[:, None]
-    at = tel[rows, hp].astype(np.float64)
-    np.testing.assert_allclose(out.hitl_logits, _mlp(p["hitl"], final[rows, hp], telemetry=at)[..., 0],
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out.decision_logits, _mlp(p["decision"], final[rows, hp], telemetry=at),
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out.confidence_logits, _mlp(p["confidence"], final[rows, hp], telemetry=at),
-                               rtol=1e-4, atol=1e-5)
-    d = c.model.d_model
-    assert p["bias"]["fc1"]["kernel"].shape[0] == 2 * d and p["uncertainty"]["fc1"]["kernel"].shape[0] == d
 
 
 def test_heads_do_not_see_tokens_after_their_position():

@@ -52,27 +52,23 @@ class TelemetryEncoder(nnx.Module):
 
 
 class Head(nnx.Module):
-    """A two-layer MLP classifier: D (plus D with the prompt mean, plus T with the telemetry)
-    → hidden (silu) → classes, with an optional input norm for heads that read pooled,
-    un-normalized residual states."""
+    """A two-layer MLP classifier: D (or 2D with the prompt mean) → hidden (silu) → classes,
+    with an optional input norm for heads that read pooled, un-normalized residual states."""
 
-    def __init__(self, spec: ModelSpec, n_out: int, *, rngs: nnx.Rngs, norm: bool = False, prompt: bool = False,
-                 telemetry: bool = False):
+    def __init__(self, spec: ModelSpec, n_out: int, *, rngs: nnx.Rngs, norm: bool = False, prompt: bool = False):
         d, w = spec.d_model, spec.head_width
-        d_in = d + (d if prompt else 0) + (spec.telemetry_dim if telemetry else 0)
+        d_in = 2 * d if prompt else d
         self.norm = RMSNorm(d, spec.norm_eps, dtype=spec.pdtype) if norm else None
         self.fc1 = Dense(rngs, d_in, w, ("embed", "mlp"), 1.0 / math.sqrt(d_in), spec.pdtype)
         self.fc2 = Dense(rngs, w, n_out, ("mlp", "classes"), spec.init_std, spec.pdtype)
 
-    def __call__(self, x, prompt_mean=None, telemetry=None):
+    def __call__(self, x, prompt_mean=None):
         # Heads run in float32: they are tiny, and their probabilities are what gets calibrated.
         x = x.astype(jnp.float32)
         if self.norm is not None:
             x = self.norm(x)
         if prompt_mean is not None:
             x = jnp.concatenate([x, prompt_mean.astype(jnp.float32)], axis=-1)
-        if telemetry is not None:
-            x = jnp.concatenate([x, telemetry.astype(jnp.float32)], axis=-1)
         return self.fc2(jax.nn.silu(self.fc1(x)))
 
 
@@ -85,13 +81,11 @@ class GovernanceHeads(nnx.Module):
         self.spec = spec
         for h in heads_lib.build_order():
             setattr(self, h.name, Head(spec, h.width(spec), rngs=rngs, norm=h.pools is not None,
-                                       prompt=h.reads_prompt, telemetry=h.reads_telemetry))
+                                       prompt=h.reads_prompt))
 
-    def __call__(self, final, layer_reads, prompt_mean, telemetry) -> dict:
+    def __call__(self, final, layer_reads, prompt_mean) -> dict:
         """final [B, S, D] (normed); layer_reads [n_layers, B, S, D] (each layer's output);
-        prompt_mean [B, S, D] (`prompt_means`), read by heads with `reads_prompt`;
-        telemetry [B, S, T] at the head positions (zeros without telemetry: its presence
-        flag is then 0), read by heads with `reads_telemetry`.
+        prompt_mean [B, S, D] (`prompt_means`), read by heads with `reads_prompt`.
         Returns {head name: logits [B, S, width]}, a binary head's logit squeezed to [B, S]."""
         out = {}
         for h in heads_lib.HEADS:
@@ -99,8 +93,7 @@ class GovernanceHeads(nnx.Module):
             if h.pools is not None:
                 lo, hi = getattr(self.spec, h.pools)  # 1-based inclusive -> layer_reads[lo-1 : hi]
                 x = jnp.mean(layer_reads[lo - 1:hi].astype(jnp.float32), axis=0)
-            logits = getattr(self, h.name)(x, prompt_mean if h.reads_prompt else None,
-                                           telemetry if h.reads_telemetry else None)
+            logits = getattr(self, h.name)(x, prompt_mean if h.reads_prompt else None)
             out[h.name] = logits[..., 0] if h.kind == "binary" else logits
         return out
 

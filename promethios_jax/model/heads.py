@@ -31,8 +31,6 @@ class HeadDef:
     label: str = ""  # batch key of the label ("" : the head's name)
     reads_prompt: bool = False  # also reads the mean of the final normed states over its example's
     #                             prompt (concatenated): what the request says, not only where <assess> is
-    reads_telemetry: bool = False  # also reads the example's raw telemetry vector (concatenated): the
-    #                                rule's inputs by a path that padding the request cannot move
     loss_weight: float = 0.5  # default of config.loss.<name>
 
     def __post_init__(self):
@@ -57,9 +55,9 @@ class HeadDef:
 
 
 HEADS = (
-    HeadDef("hitl", "binary", None, reads_telemetry=True, loss_weight=1.0),
-    HeadDef("decision", "softmax", "n_decisions", reads_telemetry=True),
-    HeadDef("confidence", "softmax", "n_confidence", reads_telemetry=True),
+    HeadDef("hitl", "binary", None, loss_weight=1.0),
+    HeadDef("decision", "softmax", "n_decisions"),
+    HeadDef("confidence", "softmax", "n_confidence"),
     HeadDef("uncertainty", "soft_multilabel", "n_uncertainty", pools="uncertainty_layers"),
     HeadDef("bias", "soft_multilabel", "n_bias", reads_prompt=True),
     HeadDef("tool", "softmax", "n_tools", pools="tool_layers", reads_prompt=True),

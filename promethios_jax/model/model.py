@@ -182,9 +182,7 @@ class GovernanceTransformer(nnx.Module):
             kernel = self.lm_head.kernel[...].astype(dtype)
         logits = jnp.einsum("bld,dv->blv", hn, kernel, preferred_element_type=jnp.float32)
         rows = jnp.arange(b)[:, None]
-        head_telemetry = (jnp.zeros((b, head_positions.shape[1], spec.telemetry_dim), jnp.float32)
-                          if telemetry is None else telemetry[rows, head_positions].astype(jnp.float32))
         heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0),
-                           prompt_means(hn, segment_ids, head_positions), head_telemetry)
+                           prompt_means(hn, segment_ids, head_positions))
         out = ModelOutput(logits=logits.astype(jnp.float32), heads=heads)
         return out, (None if cache is None else new_cache)
