@@ -66,8 +66,10 @@ def sample_token(logits, rng, temperature, top_p):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _prefill(graphdef, state, tokens, segment_ids, positions, telemetry, cache, rng, temperature, top_p):
     model = nnx.merge(graphdef, state)
+    last = jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32)
     out, cache = model.decode(tokens, cache, 0, kv_segment_ids=_kv_segments(segment_ids, cache),
-                              segment_ids=segment_ids, positions=positions, telemetry=telemetry)
+                              segment_ids=segment_ids, positions=positions, telemetry=telemetry,
+                              logits_positions=last)
     token = sample_token(out.logits[:, -1], rng, temperature, top_p)
     # The heads read at the last prompt row (head_positions=None), which left padding
     # makes every prompt's last token.

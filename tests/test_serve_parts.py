@@ -23,10 +23,10 @@ def test_incremental_detokenization_equals_the_whole_decode_and_never_splits_a_c
     assert req.text == text == tok.decode(ids)
 
 
-def test_buckets_add_midpoints_where_prompts_are_long():
-    assert buckets_for(256) == (32, 64, 128, 192, 256)
-    assert buckets_for(1024) == (32, 64, 128, 192, 256, 384, 512, 768, 1024)
-    assert buckets_for(100) == (32, 64, 100)
+def test_buckets_step_by_half_powers_of_two():
+    assert buckets_for(256) == (32, 48, 64, 96, 128, 192, 256)
+    assert buckets_for(1024) == (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+    assert buckets_for(100) == (32, 48, 64, 96, 100)
 
 
 def test_the_escalation_bound_counts_open_entries_across_restarts_and_resolutions(tmp_path):

@@ -110,21 +110,24 @@ class GovernanceTransformer(nnx.Module):
                 for _ in range(spec.n_layers)]
 
     def decode(self, tokens, cache, cache_index, *, kv_segment_ids=None, segment_ids=None, positions=None,
-               telemetry=None, head_positions=None):
+               telemetry=None, head_positions=None, logits_positions=None):
         """Runs tokens [B, l] as cache rows cache_index..cache_index+l-1: cache_index a
         scalar (the same rows for every batch row: prompts are left-padded) or [B] (each row
         at its own position). Queries attend to the cache rows up to their own and, when
         segment ids are given, of the same segment (kv_segment_ids [B, Lc] covers the whole
-        cache). Returns (ModelOutput, new_cache): the cache with the chunk's rows written
-        (donate it and the writes are in place)."""
+        cache). logits_positions [B, K] limits the logits to those rows (a prefill needs one;
+        the vocabulary projection of a whole prompt is a fifth of its cost at demo size).
+        Returns (ModelOutput, new_cache): the cache with the chunk's rows written (donate it
+        and the writes are in place)."""
         if (segment_ids is None) != (kv_segment_ids is None):
             raise ValueError("decode: give both segment_ids and kv_segment_ids, or neither")
         return self._forward(tokens, telemetry, segment_ids, positions, head_positions, cache=cache,
-                             cache_index=cache_index, kv_segment_ids=kv_segment_ids)
+                             cache_index=cache_index, kv_segment_ids=kv_segment_ids,
+                             logits_positions=logits_positions)
 
     # ----- the forward pass -------------------------------------------------------------
     def _forward(self, tokens, telemetry, segment_ids, positions, head_positions, cache=None, cache_index=None,
-                 kv_segment_ids=None):
+                 kv_segment_ids=None, logits_positions=None):
         spec = self.spec
         dtype = spec.dtype
         b, length = tokens.shape
@@ -160,8 +163,8 @@ class GovernanceTransformer(nnx.Module):
             if telemetry.shape[-1] != spec.telemetry_dim:
                 raise ValueError(f"telemetry has {telemetry.shape[-1]} features, but config.model.telemetry_dim="
                                  f"{spec.telemetry_dim}")
-            if telemetry.ndim == 2:  # one vector per row
-                telemetry = jnp.broadcast_to(telemetry[:, None, :], (b, length, telemetry.shape[-1]))
+            if telemetry.ndim == 2:  # one vector per row: encoded once, the signal broadcasts over positions
+                telemetry = telemetry[:, None, :]
             signals = self.telemetry_encoder(telemetry, dtype)
         anchor_of_start = {a - 1: i for i, a in enumerate(spec.anchors)}
 
@@ -180,8 +183,9 @@ class GovernanceTransformer(nnx.Module):
             kernel = self.embed_tokens.embedding[...].astype(dtype).T
         else:
             kernel = self.lm_head.kernel[...].astype(dtype)
-        logits = jnp.einsum("bld,dv->blv", hn, kernel, preferred_element_type=jnp.float32)
         rows = jnp.arange(b)[:, None]
+        at = hn if logits_positions is None else hn[rows, jnp.asarray(logits_positions, jnp.int32)]
+        logits = jnp.einsum("bld,dv->blv", at, kernel, preferred_element_type=jnp.float32)
         heads = self.heads(hn[rows, head_positions], jnp.concatenate(reads, axis=0),
                            prompt_means(hn, segment_ids, head_positions))
         out = ModelOutput(logits=logits.astype(jnp.float32), heads=heads)
