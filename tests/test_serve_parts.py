@@ -49,3 +49,16 @@ def test_the_load_client_reads_a_chunked_event_stream():
     assert not bench._FIRST_TEXT.search(events[0]) and bench._FIRST_TEXT.search(events[1])
     usage = [e for e in body.split(b"\n\n") if b'"usage": ' in e]
     assert json.loads(usage[0][6:])["usage"]["completion_tokens"] == 1
+
+
+def test_the_step_benchmark_times_each_slot_count_and_bucket():
+    from flax import nnx
+
+    from promethios_jax.model import GovernanceTransformer
+    from promethios_jax.serve import bench_step
+    from tests.util import small_config
+    c = small_config()
+    c.model.max_seq_len = 64
+    res = bench_step.run(GovernanceTransformer(c.model, rngs=nnx.Rngs(0)), [1, 4], [32], repeats=1)
+    assert set(res) == {"max_seq_len", "step_ms_1_slots", "step_ms_4_slots", "prefill_ms_32"}
+    assert all(v > 0 for v in res.values())
