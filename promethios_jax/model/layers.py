@@ -343,7 +343,7 @@ def cached_attention(q, k, v, mask):
     qg = q.reshape(b, lq, kvh, h // kvh, d)
     if lq == 1 and not _on_gpu():
         # One query row: multiply-and-sum fusions stream the cache once; as matmuls they
-        # are B x KV tiny products (measured 2.5x slower per step at 32 slots on CPU).
+        # are B x KV tiny products (the demo's 32-slot step: 3.5 ms against 4.0 ms).
         qv = qg[:, 0].astype(jnp.float32)  # [B, KV, G, hd]
         scores = jnp.sum(qv[:, :, :, None, :] * k[:, :, None, :, :].astype(jnp.float32), axis=-1)[:, :, :, None]
     else:
