@@ -314,7 +314,8 @@ class Attention(nnx.Module):
         q = apply_rope(q, ctx.cos, ctx.sin)
         k = apply_rope(k, ctx.cos, ctx.sin)
         if cache is not None:
-            cache = {"k": write_rows(cache["k"], k, ctx.cache_index), "v": write_rows(cache["v"], v, ctx.cache_index)}
+            cache = {"k": write_rows(cache["k"], k, ctx.cache_index),
+                     "v": write_rows(cache["v"], v, ctx.cache_index)}
             o = cached_attention(q, cache["k"], cache["v"], attention_mask(ctx.q_idx, ctx.kv_idx, ctx.q_seg, ctx.kv_seg))
             return self.o_proj(o, "blnh,nhd->bld"), cache
         o = dot_product_attention(q, k, v, q_idx=ctx.q_idx, kv_idx=ctx.kv_idx, q_seg=ctx.q_seg,

@@ -61,7 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--num_slots", type=int, default=32, help="decode slots (concurrent generations)")
     p.add_argument("--max_queue", type=int, default=256, help="requests waiting for a slot before 429")
     p.add_argument("--buckets", default=None,
-                   help="comma-separated prompt-length buckets (default: powers of two from 32 with 1.5x steps between, and the context)")
+                   help="comma-separated prompt-length buckets (default: powers of two from 32 with 1.5x "
+                        "steps between, and the context)")
     p.add_argument("--default_max_tokens", type=int, default=64)
     p.add_argument("--model_name", default="promethios")
     p.add_argument("--audit_log", default=None, help="default WORKDIR/serve/audit.jsonl")
