@@ -114,3 +114,53 @@ def test_dry_run_cli_reports_and_refuses_what_does_not_fit():
     tight = dry_run_cli("--target=h100", "--topology=1x1x8", env={"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.00001"})
     assert tight.returncode == 2
     assert "configs/tiny.py does not fit NVIDIA H100" in tight.stderr and "GiB per device > limit" in tight.stderr
+
+
+@pytest.mark.gpu_aot
+@requires_plugin
+def test_the_serving_step_compiles_for_h100_and_never_copies_the_cache():
+    # The engine's decode step (32 slots, each at its own position) and a prefill, through
+    # XLA's GPU pipeline: on a GPU mesh attention takes the einsum path, and the per-layer
+    # cache buffers are updated in place (no copy of a cache-sized buffer).
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from promethios_jax.model import layers
+    from promethios_jax.model.model import GovernanceTransformer
+    from promethios_jax.model.spec import ModelSpec
+    from promethios_jax.serve import engine as E
+
+    devs = gpu_aot.target_devices("h100", "1x1x1")
+    mesh = jax.sharding.Mesh(np.array(devs), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    c = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    c.model.compute_dtype = "bfloat16"
+    spec = ModelSpec.from_config(c.model)
+    abstract = nnx.eval_shape(lambda: GovernanceTransformer(spec, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    rep = NamedSharding(mesh, P())
+
+    def sds(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep)
+
+    leaves, treedef = jax.tree.flatten(state)
+    static, params = E._Static(graphdef, treedef), [sds(p) for p in leaves]
+    s, length = 32, spec.max_seq_len
+    cache = jax.tree.map(sds, jax.eval_shape(lambda: abstract.init_cache(s, length)))
+    slots = jax.tree.map(sds, {"token": jnp.zeros(s, jnp.int32), "position": jnp.zeros(s, jnp.int32),
+                               "telemetry": jnp.zeros((s, spec.telemetry_dim)), "key": jnp.zeros((s, 2), jnp.uint32),
+                               "temperature": jnp.zeros(s), "top_p": jnp.ones(s)})
+    telemetry = jax.ShapeDtypeStruct((spec.telemetry_dim,), jnp.float32, sharding=rep)
+    with jax.set_mesh(mesh):  # nothing may run eagerly in here: the devices only compile
+        assert layers._on_gpu()
+        text = E._generate_step.lower(static, params, cache, slots).compile().as_text()
+        scalar = {dt: jax.ShapeDtypeStruct((), dt, sharding=rep) for dt in (jnp.int32, jnp.uint32, jnp.float32)}
+        E._prefill_insert.lower(static, params, cache, slots, jax.ShapeDtypeStruct((1, 64), jnp.int32, sharding=rep),
+                                scalar[jnp.int32], telemetry, scalar[jnp.int32],
+                                scalar[jnp.uint32], scalar[jnp.float32], scalar[jnp.float32]).compile()
+    cache_shape = f"[{s},{spec.n_kv_heads},{length},{spec.hd}]"
+    assert cache_shape in text
+    assert not [ln for ln in text.splitlines() if " copy(" in ln and cache_shape in ln.split("=")[1].split("(")[0]]
