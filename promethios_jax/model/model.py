@@ -133,10 +133,11 @@ class GovernanceTransformer(nnx.Module):
         b, length = tokens.shape
         if segment_ids is not None:
             segment_ids = jnp.asarray(segment_ids, jnp.int32)
+        # The chunk's rows in the cache: [1 or B, l] (cache_index a scalar or one per row).
+        q_idx = None if cache is None else jnp.reshape(jnp.asarray(cache_index), (-1, 1)) + jnp.arange(length)
         if positions is None:
             if cache is not None:
-                positions = jnp.broadcast_to(jnp.reshape(jnp.asarray(cache_index), (-1, 1)) + jnp.arange(length),
-                                             (b, length))
+                positions = jnp.broadcast_to(q_idx, (b, length))
             elif segment_ids is not None:
                 positions = positions_from_segments(segment_ids)
             else:
@@ -149,7 +150,6 @@ class GovernanceTransformer(nnx.Module):
             ctx = Context(cos, sin, jnp.arange(length), jnp.arange(length), segment_ids, segment_ids,
                           spec.attention_impl, max_segments=max_segments)
         else:
-            q_idx = jnp.reshape(jnp.asarray(cache_index), (-1, 1)) + jnp.arange(length)  # [1 or B, l]
             ctx = Context(cos, sin, q_idx, jnp.arange(cache_length(cache)), segment_ids, kv_segment_ids,
                           spec.attention_impl, cache_index=cache_index)
         if head_positions is None:

@@ -135,6 +135,19 @@ def _heads(out):
     return {h.name: heads_lib.probabilities(h, out.heads[h.name][0, 0]) for h in heads_lib.HEADS}
 
 
+def _next_tokens(logits, keys, offsets, temperature, top_p):
+    """The next token of each row of logits [S, V]: sampled with its key folded with its
+    offset (its cache position), greedy where its temperature is 0. All greedy (the common
+    case) skips nucleus sampling's sort over the vocabulary (a tenth of a demo prefill)."""
+    def sample(logits):
+        row_keys = jax.vmap(jax.random.fold_in)(keys, offsets)
+        return jax.vmap(lambda lg, k, t, p: io.sample_token(lg[None], k, t, p)[0])(logits, row_keys, temperature,
+                                                                                  top_p)
+
+    return jax.lax.cond(jnp.any(temperature > 0), sample,
+                        lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
+
+
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
 def _prefill_insert(static, params, cache, slots, tokens, length, telemetry, slot, seed, temperature, top_p):
     """Prefills tokens [1, bucket] (real length `length`), puts the result in `slot`.
@@ -146,11 +159,8 @@ def _prefill_insert(static, params, cache, slots, tokens, length, telemetry, slo
     out, prefix = model.decode(tokens, prefix, 0, telemetry=telemetry[None], head_positions=last,
                                logits_positions=last)
     key = jax.random.PRNGKey(seed)
-    logits = out.logits[0]
-    # Greedy skips nucleus sampling's sort over the vocabulary (a tenth of a demo prefill).
-    first = jax.lax.cond(temperature > 0,
-                         lambda: io.sample_token(logits, jax.random.fold_in(key, length - 1), temperature, top_p)[0],
-                         lambda: jnp.argmax(logits[0]).astype(jnp.int32))
+    first = _next_tokens(out.logits[:, 0], key[None], jnp.reshape(length - 1, (1,)), temperature[None],
+                         top_p[None])[0]
     cache = [{name: jax.lax.dynamic_update_slice(c[name], p[name], (slot, 0, 0, 0)) for name in c}
              for c, p in zip(cache, prefix)]
     slots = {"token": slots["token"].at[slot].set(first), "position": slots["position"].at[slot].set(length),
@@ -167,16 +177,7 @@ def _generate_step(static, params, cache, slots):
     max_len = model_lib.cache_length(cache)
     # Each slot reads and writes the cache at its own position (decode's [S] cache_index).
     out, cache = model.decode(slots["token"][:, None], cache, slots["position"], telemetry=slots["telemetry"])
-    logits = out.logits[:, -1]
-
-    def sample(logits, slots):
-        keys = jax.vmap(jax.random.fold_in)(slots["key"], slots["position"])
-        return jax.vmap(lambda lg, k, t, p: io.sample_token(lg[None], k, t, p)[0])(
-            logits, keys, slots["temperature"], slots["top_p"])
-
-    # All greedy (the common case) skips the per-row sort of nucleus sampling.
-    nxt = jax.lax.cond(jnp.any(slots["temperature"] > 0), sample,
-                       lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits, slots)
+    nxt = _next_tokens(out.logits[:, -1], slots["key"], slots["position"], slots["temperature"], slots["top_p"])
     # An idle slot keeps stepping; its position stays inside the cache.
     slots = dict(slots, token=nxt, position=jnp.minimum(slots["position"] + 1, max_len - 1))
     return cache, slots, nxt
