@@ -65,7 +65,7 @@ def positions_from_segments(segment_ids):
 
 def cache_length(cache) -> int:
     """Rows a KV cache holds (init_cache's `length`)."""
-    return cache[0]["k"].shape[2]
+    return cache[0]["v"].shape[2]
 
 
 class GovernanceTransformer(nnx.Module):
@@ -98,19 +98,34 @@ class GovernanceTransformer(nnx.Module):
         return out
 
     def init_cache(self, batch: int, length: int, dtype=None) -> list:
-        """Zeroed KV cache: per layer {"k", "v"} [batch, KV, length, hd] in the compute dtype.
+        """Zeroed KV cache: per layer {"k" [batch, KV, hd, length], "v" [batch, KV, length, hd]}
+        in the compute dtype.
 
         One array per layer, not a stack per segment: decoding runs the layers unrolled and
         each layer writes its rows in place and reads its own buffer, where slicing a stack
-        (or a scan emitting one) copies the whole cache every step; length sits beside
-        head_dim so attention's products read the cache without a transpose."""
+        (or a scan emitting one) copies the whole cache every step. Keys keep length last and
+        values keep head_dim last, the contiguous axis of each attention product
+        (layers.cached_attention), so neither is ever transposed."""
         spec = self.spec
         dtype = dtype or spec.dtype
-        return [{name: jnp.zeros((batch, spec.n_kv_heads, length, spec.hd), dtype) for name in ("k", "v")}
+        kv, hd = spec.n_kv_heads, spec.hd
+        return [{"k": jnp.zeros((batch, kv, hd, length), dtype), "v": jnp.zeros((batch, kv, length, hd), dtype)}
                 for _ in range(spec.n_layers)]
 
+    def telemetry_signals(self, telemetry):
+        """telemetry [B, T], one vector per row → [n_anchors, B, 1, D]: what `decode(...,
+        signals=)` adds at the anchors. A server computes it once per request, not per token."""
+        return self.telemetry_encoder(self._check_telemetry(telemetry)[:, None, :], self.spec.dtype)
+
+    def _check_telemetry(self, telemetry):
+        telemetry = jnp.asarray(telemetry)
+        if telemetry.shape[-1] != self.spec.telemetry_dim:
+            raise ValueError(f"telemetry has {telemetry.shape[-1]} features, but config.model.telemetry_dim="
+                             f"{self.spec.telemetry_dim}")
+        return telemetry
+
     def decode(self, tokens, cache, cache_index, *, kv_segment_ids=None, segment_ids=None, positions=None,
-               telemetry=None, head_positions=None, logits_positions=None):
+               telemetry=None, head_positions=None, logits_positions=None, signals=None):
         """Runs tokens [B, l] as cache rows cache_index..cache_index+l-1: cache_index a
         scalar (the same rows for every batch row: prompts are left-padded) or [B] (each row
         at its own position). Queries attend to the cache rows up to their own and, when
@@ -118,16 +133,17 @@ class GovernanceTransformer(nnx.Module):
         cache). logits_positions [B, K] limits the logits to those rows (a prefill needs one;
         the vocabulary projection of a whole prompt is a fifth of its cost at demo size).
         Returns (ModelOutput, new_cache): the cache with the chunk's rows written (donate it
-        and the writes are in place)."""
+        and the writes are in place). signals: telemetry_signals(telemetry), given instead of
+        telemetry."""
         if (segment_ids is None) != (kv_segment_ids is None):
             raise ValueError("decode: give both segment_ids and kv_segment_ids, or neither")
         return self._forward(tokens, telemetry, segment_ids, positions, head_positions, cache=cache,
                              cache_index=cache_index, kv_segment_ids=kv_segment_ids,
-                             logits_positions=logits_positions)
+                             logits_positions=logits_positions, signals=signals)
 
     # ----- the forward pass -------------------------------------------------------------
     def _forward(self, tokens, telemetry, segment_ids, positions, head_positions, cache=None, cache_index=None,
-                 kv_segment_ids=None, logits_positions=None):
+                 kv_segment_ids=None, logits_positions=None, signals=None):
         spec = self.spec
         dtype = spec.dtype
         b, length = tokens.shape
@@ -157,12 +173,10 @@ class GovernanceTransformer(nnx.Module):
         head_positions = jnp.asarray(head_positions, jnp.int32)
 
         h = self.embed_tokens(tokens, dtype)
-        signals = None
         if telemetry is not None:
-            telemetry = jnp.asarray(telemetry)
-            if telemetry.shape[-1] != spec.telemetry_dim:
-                raise ValueError(f"telemetry has {telemetry.shape[-1]} features, but config.model.telemetry_dim="
-                                 f"{spec.telemetry_dim}")
+            if signals is not None:
+                raise ValueError("give telemetry or its signals, not both")
+            telemetry = self._check_telemetry(telemetry)
             if telemetry.ndim == 2:  # one vector per row: encoded once, the signal broadcasts over positions
                 telemetry = telemetry[:, None, :]
             signals = self.telemetry_encoder(telemetry, dtype)

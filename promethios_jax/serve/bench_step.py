@@ -43,12 +43,9 @@ def run(model, slots_list, buckets, repeats: int = 5) -> dict:
     out = {"max_seq_len": length}
     for slots in slots_list:
         box = {"cache": model.init_cache(slots, length),
-               "slots": jax.device_put({
-                   "token": np.zeros(slots, np.int32),
-                   "position": (np.arange(slots, dtype=np.int32) * 7) % (length // 2) + length // 4,
-                   "telemetry": np.zeros((slots, spec.telemetry_dim), np.float32),
-                   "key": np.zeros((slots, 2), np.uint32), "temperature": np.zeros(slots, np.float32),
-                   "top_p": np.ones(slots, np.float32)})}
+               "slots": jax.device_put(dict(
+                   E.init_slots(spec, slots),
+                   position=(np.arange(slots, dtype=np.int32) * 7) % (length // 2) + length // 4))}
 
         def step():
             box["cache"], box["slots"], tok = E._generate_step(static, params, box["cache"], box["slots"])

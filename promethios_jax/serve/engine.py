@@ -148,6 +148,17 @@ def _next_tokens(logits, keys, offsets, temperature, top_p):
                         lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32), logits)
 
 
+def init_slots(spec, num_slots: int) -> dict:
+    """The decode state of `num_slots` empty slots (host arrays): each slot's last token,
+    cache position, telemetry signals (model.telemetry_signals, computed once at prefill:
+    per step they were a tenth of the 32-slot step), PRNG key and sampling parameters."""
+    s = num_slots
+    return {"token": np.zeros(s, np.int32), "position": np.zeros(s, np.int32),
+            "signals": np.zeros((len(spec.anchors), s, 1, spec.d_model), spec.dtype),
+            "key": np.zeros((s, 2), np.uint32), "temperature": np.zeros(s, np.float32),
+            "top_p": np.ones(s, np.float32)}
+
+
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 3))
 def _prefill_insert(static, params, cache, slots, tokens, length, telemetry, slot, seed, temperature, top_p):
     """Prefills tokens [1, bucket] (real length `length`), puts the result in `slot`.
@@ -156,15 +167,16 @@ def _prefill_insert(static, params, cache, slots, tokens, length, telemetry, slo
     model = static.merge(params)
     prefix = model.init_cache(1, tokens.shape[1])
     last = jnp.reshape(length - 1, (1, 1))
-    out, prefix = model.decode(tokens, prefix, 0, telemetry=telemetry[None], head_positions=last,
-                               logits_positions=last)
+    signals = model.telemetry_signals(telemetry[None])
+    out, prefix = model.decode(tokens, prefix, 0, signals=signals, head_positions=last, logits_positions=last)
     key = jax.random.PRNGKey(seed)
     first = _next_tokens(out.logits[:, 0], key[None], jnp.reshape(length - 1, (1,)), temperature[None],
                          top_p[None])[0]
     cache = [{name: jax.lax.dynamic_update_slice(c[name], p[name], (slot, 0, 0, 0)) for name in c}
              for c, p in zip(cache, prefix)]
     slots = {"token": slots["token"].at[slot].set(first), "position": slots["position"].at[slot].set(length),
-             "telemetry": slots["telemetry"].at[slot].set(telemetry), "key": slots["key"].at[slot].set(key),
+             "signals": jax.lax.dynamic_update_slice_in_dim(slots["signals"], signals, slot, axis=1),
+             "key": slots["key"].at[slot].set(key),
              "temperature": slots["temperature"].at[slot].set(temperature),
              "top_p": slots["top_p"].at[slot].set(top_p)}
     return cache, slots, first, _heads(out)
@@ -176,7 +188,7 @@ def _generate_step(static, params, cache, slots):
     model = static.merge(params)
     max_len = model_lib.cache_length(cache)
     # Each slot reads and writes the cache at its own position (decode's [S] cache_index).
-    out, cache = model.decode(slots["token"][:, None], cache, slots["position"], telemetry=slots["telemetry"])
+    out, cache = model.decode(slots["token"][:, None], cache, slots["position"], signals=slots["signals"])
     nxt = _next_tokens(out.logits[:, -1], slots["key"], slots["position"], slots["temperature"], slots["top_p"])
     # An idle slot keeps stepping; its position stays inside the cache.
     slots = dict(slots, token=nxt, position=jnp.minimum(slots["position"] + 1, max_len - 1))
@@ -216,12 +228,8 @@ class Engine:
         # Committed to the parameters' device from the start: an uncommitted first input
         # would compile a second program at the first request.
         device = jax.tree.leaves(self.params)[0].sharding
-        s, t = num_slots, self.spec.telemetry_dim
         self.cache = jax.device_put(served.model.init_cache(num_slots, self.max_len), device)
-        self.slots = jax.device_put({
-            "token": np.zeros(s, np.int32), "position": np.zeros(s, np.int32),
-            "telemetry": np.zeros((s, t), np.float32), "key": np.zeros((s, 2), np.uint32),
-            "temperature": np.zeros(s, np.float32), "top_p": np.ones(s, np.float32)}, device)
+        self.slots = jax.device_put(init_slots(self.spec, num_slots), device)
         self.active: list[Request | None] = [None] * num_slots
         self.waiting: collections.deque[Request] = collections.deque()
         self._cv = threading.Condition()
