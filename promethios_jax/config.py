@@ -54,7 +54,6 @@ def base_config() -> ml_collections.ConfigDict:
     lw.lm = 1.0
     for head in heads.HEADS:  # one weight per loss part
         lw[head.name] = head.loss_weight
-    lw.hitl_consistency = 0.0  # squared HITL-logit gap between twins (data.twin_rate)
     lw.uncertainty_weighting = False  # Kendall et al. learned task weights
     # The model holds the learned log-variances only when asked; this reference keeps the
     # model key equal to loss.uncertainty_weighting (set either one).
@@ -72,10 +71,6 @@ def base_config() -> ml_collections.ConfigDict:
     d.tokenizer = "byte"
     d.chat_template = False  # format prompts with the HF tokenizer's chat template
     d.max_segments_per_row = 8
-    # Share of training rows that hold one example and its twin (the same request with
-    # neutral asides added at its end) instead of their planned examples; with
-    # loss.hitl_consistency the two verdicts are trained to agree.
-    d.twin_rate = 0.0
     d.mix = ()  # ((category, weight), ...): a stage's category mix (set by stages.py); empty: as generated
     d.shuffle_seed = 0
     d.worker_count = 0  # Grain worker processes for prefetch; 0 keeps it in-process

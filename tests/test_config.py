@@ -60,5 +60,5 @@ def test_cudnn_attention_is_refused_off_gpu_naming_the_working_value():
 
 def test_one_loss_weight_per_loss_part():
     lw = base_config().loss
-    assert set(lw) - {"uncertainty_weighting", "hitl_consistency"} == set(LOSS_PARTS)
+    assert set(lw) - {"uncertainty_weighting"} == set(LOSS_PARTS)
     assert all(lw[h.name] == h.loss_weight for h in HEADS)

@@ -48,9 +48,6 @@ FIELDS = (
           "schema.telemetry_vector of the token's example"),
     Field("head_positions", _SLOT[0], np.int32, _SLOT[1], "row index of each example's <assess> token"),
     Field("head_mask", _SLOT[0], np.float32, _SLOT[1], "1 for slots that hold an example"),
-    Field("twin", _SLOT[0], np.float32, _SLOT[1],
-          "1 where the slot's example is the previous slot's with neutral asides added "
-          "(config.data.twin_rate; loss.hitl_consistency pairs their verdicts)"),
     Field("hitl", _SLOT[0], np.int32, _SLOT[1], "1: escalate to a human"),
     Field("decision", _SLOT[0], np.int32, _SLOT[1], "index into schema.DECISIONS"),
     Field("confidence", _SLOT[0], np.int32, _SLOT[1], "index into schema.CONFIDENCE_BANDS"),

@@ -41,7 +41,7 @@ import numpy as np
 from absl import flags
 
 from promethios_jax.data import batch as batch_lib
-from promethios_jax.data import mix, packing, position, templates
+from promethios_jax.data import mix, packing, position
 from promethios_jax.data.records import MANIFEST, DataError, ShardedRecords
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example_arrays
 
@@ -58,9 +58,6 @@ class PackedRows:
         self.max_len = int(config.model.max_seq_len)
         self.max_segments = int(config.data.max_segments_per_row)
         self.seed = int(config.data.shuffle_seed)
-        self.twin_rate = float(config.data.get("twin_rate", 0.0))
-        if not 0.0 <= self.twin_rate <= 1.0:
-            raise ValueError(f"config.data.twin_rate={self.twin_rate} must be in [0, 1]")
         self.lengths = lengths
         # A stage's category mix (stages.py): the epoch's examples come from data/mix.py.
         self.mix = tuple(tuple(x) for x in config.data.get("mix", ()))
@@ -128,30 +125,8 @@ class PackedRows:
             members, starts = self._plan(epoch)
         return members[starts[r]:starts[r + 1]]
 
-    def _twin_row(self, row: int, out: dict) -> bool:
-        """Fills `out` with the row's first example and its twin (the same record, neutral
-        asides from the training pool added at the end of its request) when the row is
-        drawn for it (config.data.twin_rate) and both fit; returns whether it did."""
-        rng = np.random.default_rng([self.seed, 0x7A1, row])
-        if self.max_segments < 2 or rng.random() >= self.twin_rate:
-            return False
-        i = int(self.examples(row)[0])
-        rec = self.records[i]
-        pool = [a for a in templates.TRAIN["request_asides"] if a not in rec["prompt"]]
-        asides = [pool[j] for j in rng.permutation(len(pool))[:1 + int(rng.integers(0, 2))]]
-        twin = {**rec, "prompt": rec["prompt"] + " " + " ".join(asides)}
-        a, b = (packing.encode_fitted(r, self.tokenizer, self.max_len) for r in (rec, twin))
-        if a is None or b is None or sum(len(x) for x in (*a, *b)) > self.max_len:
-            return False
-        offset = packing.place(out, 0, 0, 0, 1, rec, *a)
-        packing.place(out, 0, 1, offset, 2, twin, *b)
-        out["twin"][0, 1] = 1.0
-        return True
-
     def __call__(self, row: int) -> dict:
         out = batch_lib.empty(1, self.max_len, self.max_segments)
-        if self.twin_rate > 0 and self._twin_row(int(row), out):
-            return {k: v[0] for k, v in out.items()}
         offset = 0
         for slot, i in enumerate(self.examples(int(row)).tolist()):
             rec = self.records[i]

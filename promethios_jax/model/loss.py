@@ -58,18 +58,7 @@ def loss_sums(outputs, batch) -> dict:
             continue
         per_slot = _head_losses(outputs.heads[h.name], batch[h.label_key], h.kind)
         sums[h.name] = jnp.sum(per_slot * _label_mask(batch, h.label_key, h.kind))
-    if "twin" in batch:
-        # Twins carry the same telemetry and labels and differ only by neutral text: the
-        # squared gap of their HITL logits is what padding moves the verdict by.
-        logit = _f32(outputs.heads["hitl"])
-        gap = logit[:, 1:] - logit[:, :-1]
-        sums["hitl_consistency"] = jnp.sum(_twin_mask(batch) * gap * gap)
     return sums
-
-
-def _twin_mask(batch):
-    """[B, S-1]: 1 where slot k+1 holds slot k's twin (data.twin_rate)."""
-    return _f32(batch["twin"])[:, 1:] * _f32(batch["head_mask"])[:, 1:]
 
 
 def loss_counts(batch) -> dict:
@@ -78,8 +67,6 @@ def loss_counts(batch) -> dict:
     for h in heads_lib.HEADS:
         key = h.label_key
         counts[h.name] = jnp.sum(_label_mask(batch, key, h.kind)) if key in batch else jnp.zeros((), jnp.float32)
-    if "twin" in batch:
-        counts["hitl_consistency"] = jnp.sum(_twin_mask(batch))
     return counts
 
 
@@ -112,9 +99,4 @@ def combine(sums, counts, loss_cfg, model=None, num_micro: int = 1):
     else:
         for k in PARTS:
             total = total + float(loss_cfg[k]) * parts[k]
-    w = float(loss_cfg.get("hitl_consistency", 0.0))
-    if w > 0 and "hitl_consistency" in sums:
-        c = _f32(counts["hitl_consistency"])
-        parts["hitl_consistency"] = jnp.where(c > 0, _f32(sums["hitl_consistency"]) / jnp.where(c > 0, c, 1.0), 0.0)
-        total = total + w * parts["hitl_consistency"]
     return total, parts
