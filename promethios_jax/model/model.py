@@ -113,16 +113,17 @@ class GovernanceTransformer(nnx.Module):
                 for _ in range(spec.n_layers)]
 
     def telemetry_signals(self, telemetry):
-        """telemetry [B, T], one vector per row → [n_anchors, B, 1, D]: what `decode(...,
-        signals=)` adds at the anchors. A server computes it once per request, not per token."""
-        return self.telemetry_encoder(self._check_telemetry(telemetry)[:, None, :], self.spec.dtype)
-
-    def _check_telemetry(self, telemetry):
+        """telemetry [B, L, T], or [B, T] (one vector per row, encoded once: the signal
+        broadcasts over positions) → [n_anchors, B, L or 1, D]: what the anchors add, and
+        what `decode(..., signals=)` takes instead of telemetry (a server encodes each
+        request once, not per token)."""
         telemetry = jnp.asarray(telemetry)
         if telemetry.shape[-1] != self.spec.telemetry_dim:
             raise ValueError(f"telemetry has {telemetry.shape[-1]} features, but config.model.telemetry_dim="
                              f"{self.spec.telemetry_dim}")
-        return telemetry
+        if telemetry.ndim == 2:
+            telemetry = telemetry[:, None, :]
+        return self.telemetry_encoder(telemetry, self.spec.dtype)
 
     def decode(self, tokens, cache, cache_index, *, kv_segment_ids=None, segment_ids=None, positions=None,
                telemetry=None, head_positions=None, logits_positions=None, signals=None):
@@ -176,10 +177,7 @@ class GovernanceTransformer(nnx.Module):
         if telemetry is not None:
             if signals is not None:
                 raise ValueError("give telemetry or its signals, not both")
-            telemetry = self._check_telemetry(telemetry)
-            if telemetry.ndim == 2:  # one vector per row: encoded once, the signal broadcasts over positions
-                telemetry = telemetry[:, None, :]
-            signals = self.telemetry_encoder(telemetry, dtype)
+            signals = self.telemetry_signals(telemetry)
         anchor_of_start = {a - 1: i for i, a in enumerate(spec.anchors)}
 
         reads, new_cache = [], []
