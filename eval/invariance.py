@@ -11,6 +11,7 @@ variant fits `max_seq_len` or no partner exists).
 from __future__ import annotations
 
 from eval.reference import with_ci
+from promethios_jax.data.generate import compose_prompt, split_prompt
 
 # Neutral: no emotion, no framing, no scenario; sentences the generator never writes.
 FILLER = ("For context, this note is part of our regular weekly planning.",
@@ -18,11 +19,6 @@ FILLER = ("For context, this note is part of our regular weekly planning.",
           "The earlier thread has the background if it's needed.",
           "Nothing about the situation has changed since yesterday.")
 VARIANTS = ("pad", "swap")
-
-
-def _split_prompt(rec: dict) -> tuple[str, str]:
-    tags, _, request = rec["prompt"].partition("\n")
-    return tags, request
 
 
 def perturbations(records: list[dict], fits) -> dict:
@@ -36,18 +32,18 @@ def perturbations(records: list[dict], fits) -> dict:
     for r in records:
         groups.setdefault((r.get("category"), r["labels"]["tool"]), []).append(r)
     for r in records:
-        tags, request = _split_prompt(r)
+        tags, request, layout = split_prompt(r["prompt"])
         for k in range(len(FILLER), 0, -1):
-            padded = {**r, "id": f"{r['id']}#pad", "prompt": f"{tags}\n{request} {' '.join(FILLER[:k])}"}
+            padded = {**r, "id": f"{r['id']}#pad", "prompt": compose_prompt(tags, f"{request} {' '.join(FILLER[:k])}", layout)}
             if fits(padded):
                 out["pad"].append(padded)
                 break
         group = groups[(r.get("category"), r["labels"]["tool"])]
         i = next(j for j, g in enumerate(group) if g is r)
         for other in group[i + 1:] + group[:i]:
-            other_request = _split_prompt(other)[1]
+            other_request = split_prompt(other["prompt"])[1]
             if other_request != request:
-                swapped = {**r, "id": f"{r['id']}#swap", "prompt": f"{tags}\n{other_request}"}
+                swapped = {**r, "id": f"{r['id']}#swap", "prompt": compose_prompt(tags, other_request, layout)}
                 if fits(swapped):
                     out["swap"].append(swapped)
                 break

@@ -88,7 +88,7 @@ class References:
         ngram = self.ngram.nats_each([r["response"] for r in records])
         out = []
         for i, r in enumerate(records):
-            request = r["prompt"].split("\n", 1)[-1]
+            request = generate.split_prompt(r["prompt"])[1]
             tel, dom = r["telemetry"], r["domain"]
             rule = schema.apply_rule(tel, dom)
             out.append({

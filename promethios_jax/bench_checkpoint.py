@@ -126,7 +126,8 @@ def main(argv):
     if not config.data.path:
         data = root / workdir_lib.DATA
         if not (data / "manifest.json").exists():
-            generate.generate_dataset(str(data), _EXAMPLES.value, config.data.seed, config.data.heldout_fraction)
+            generate.generate_dataset(str(data), _EXAMPLES.value, config.data.seed, config.data.heldout_fraction,
+                                      prompt_layout=config.data.prompt_layout)
         config.data.path = str(data)
     config_lib.validate(config, jax.device_count(), jax.process_count())
     modes = {"async": [True], "sync": [False], "both": [True, False]}[_MODE.value]

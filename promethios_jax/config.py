@@ -14,6 +14,7 @@ from typing import Sequence
 import ml_collections
 
 from promethios_jax.data.control import TokenizerError, trained_vocab_size
+from promethios_jax.data.generate import PROMPT_LAYOUTS
 from promethios_jax.model import heads
 from promethios_jax.model.lora import RANK_AXIS
 from promethios_jax.model.spec import ModelSpec
@@ -70,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     # file): see data/tokenizer.py and data/hf_tokenizer.py.
     d.tokenizer = "byte"
     d.chat_template = False  # format prompts with the HF tokenizer's chat template
+    # "request_tags": request, newline, tags, then <assess> (every tag at a fixed distance
+    # from where the verdict is read); "tags_request": the layout before this key existed.
+    d.prompt_layout = "request_tags"
     d.max_segments_per_row = 8
     d.mix = ()  # ((category, weight), ...): a stage's category mix (set by stages.py); empty: as generated
     d.shuffle_seed = 0
@@ -188,6 +192,8 @@ def validate(config, num_devices: int | None = None, process_count: int = 1, bac
     if pieces is not None and pieces > m.vocab_size:
         raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r} trains {pieces} pieces but "
                           f"config.model.vocab_size={m.vocab_size}; raise the vocabulary to at least {pieces}")
+    if config.data.get("prompt_layout", PROMPT_LAYOUTS[0]) not in PROMPT_LAYOUTS:
+        raise ConfigError(f"config.data.prompt_layout={config.data.prompt_layout!r}: use one of {PROMPT_LAYOUTS}")
     if t.steps < 0:
         raise ConfigError(f"config.train.steps={t.steps} must be >= 0")
     if t.grad_accum_steps < 1:

@@ -24,6 +24,7 @@ from pathlib import Path
 import ml_collections
 
 from promethios_jax.config import base_config
+from promethios_jax.data.generate import LEGACY_PROMPT_LAYOUT
 
 CHECKPOINTS = "checkpoints"
 TB = "tb"
@@ -128,6 +129,8 @@ def merge_config(saved: dict) -> ml_collections.ConfigDict:
                 node[k] = v
 
     update(config, saved)
+    if isinstance(saved.get("data"), dict) and "prompt_layout" not in saved["data"]:
+        config.data.prompt_layout = LEGACY_PROMPT_LAYOUT  # saved before the layout was a choice
     return config
 
 

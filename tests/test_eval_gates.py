@@ -101,7 +101,8 @@ def test_invariance_variants_keep_the_tags_and_change_only_the_request(data):
     for variant in ("pad", "swap"):
         for p in v[variant]:
             orig = by_id[p["id"].rsplit("#", 1)[0]]
-            assert p["prompt"].split("\n")[0] == orig["prompt"].split("\n")[0]
+            tags, _, layout = generate.split_prompt(p["prompt"])
+            assert (tags, layout) == generate.split_prompt(orig["prompt"])[::2] and layout == "request_tags"
             assert p["telemetry"] == orig["telemetry"] and p["prompt"] != orig["prompt"]
     assert all(invariance.FILLER[0] in p["prompt"] for p in v["pad"])
     rows = [{"id": r["id"], "hitl_pred": 1} for r in held[:4]]

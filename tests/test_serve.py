@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from eval import predict
-from promethios_jax.data import packing, records as data_records
+from promethios_jax.data import generate, packing, records as data_records
 from tests.util import small_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,8 +167,7 @@ def heldout(workdir):
 
 
 def split_prompt(record):
-    tags, text = record["prompt"].split("\n", 1)
-    return text
+    return generate.split_prompt(record["prompt"])[1]
 
 
 # ------------------------------------------------------------------------- start-up
@@ -350,8 +349,8 @@ def test_metrics_and_the_audit_line(main, workdir):
     time.sleep(0.2)
     lines = [json.loads(x) for x in (workdir / "serve" / "audit.jsonl").read_text().splitlines()]
     line = next(x for x in lines if x["id"] == out["id"])
-    prompt = "".join(f"<gov:{k}={v:.2f}>" if isinstance(v, float) else f"<gov:{k}={v}>"
-                     for k, v in [("domain", "finance")] + list(CALM.items())) + "\n" + TEXT
+    prompt = TEXT + "\n" + "".join(f"<gov:{k}={v:.2f}>" if isinstance(v, float) else f"<gov:{k}={v}>"
+                                   for k, v in [("domain", "finance")] + list(CALM.items()))
     assert line["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
     assert line["key_id"] == "alice" and KEY not in json.dumps(line) and TEXT not in json.dumps(line)
     assert line["model_step"] == 2 and line["finish_reason"] == "length" and line["completion_tokens"] == 5
@@ -403,7 +402,8 @@ def test_an_escalation_is_listed_resolved_and_exported(main, workdir, tmp_path):
     tok = tok_lib.build_tokenizer(serve_config())
     assert packing._labels(ds)[0] == 1
     assert tok_lib.encode_example(ds, tok)[0] == tok_lib.encode_example(record, tok)[0]
-    assert rec_lib.dataset_record(entry | {"status": "resolved", "resolution": resolution})["labels"] == ds["labels"]
+    assert rec_lib.dataset_record(entry | {"status": "resolved", "resolution": resolution},
+                                  "request_tags")["labels"] == ds["labels"]
 
 
 # ------------------------------------------------- one slot: disconnect, 429, drain

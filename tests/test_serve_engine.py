@@ -34,7 +34,7 @@ def engine():
 
 def request(eng, i, text, domain="finance", **params):
     tel = dict(CALM, trust=0.5 + 0.1 * (i % 5))
-    ids = io.prompt_ids(eng.tokenizer, tel, domain, text)
+    ids = io.prompt_ids(eng.tokenizer, tel, domain, text, eng.served.config.data.prompt_layout)
     return Request(f"r{i}", ids, io.telemetry_vector(tel, domain), SamplingParams(**{"max_tokens": 12, **params}))
 
 

@@ -146,6 +146,32 @@ def test_validation_refuses_bad_meshes_and_batches():
         validate(c, 8)
 
 
+def test_data_in_another_prompt_layout_is_refused(tmp_path):
+    from promethios_jax import train
+    from promethios_jax.data import generate
+
+    d = tmp_path / "old"
+    generate.generate_dataset(str(d), 40, 0, 0.1, prompt_layout="tags_request")
+    c = small_config()
+    c.data.path = str(d)
+    with pytest.raises(train.TrainError, match="lays prompts out as 'tags_request' but config.data.prompt_layout="
+                                               "'request_tags'"):
+        train.prepare_data(c, tmp_path / "run")
+    c.data.prompt_layout = "tags_request"
+    assert train.prepare_data(c, tmp_path / "run") == d
+    c.data.prompt_layout = "tags_last"
+    with pytest.raises(ConfigError, match="prompt_layout='tags_last'"):
+        config_lib.validate(c, 8)
+
+
+def test_checkpoints_saved_before_the_layout_key_keep_their_layout():
+    from promethios_jax.workdir import merge_config
+
+    assert merge_config({"data": {"tokenizer": "byte"}}).data.prompt_layout == "tags_request"
+    assert merge_config({"data": {"prompt_layout": "request_tags"}}).data.prompt_layout == "request_tags"
+    assert config_lib.base_config().data.prompt_layout == "request_tags"
+
+
 def _cli(*args, env=None, timeout=120):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "promethios_jax.train", *args], cwd=REPO, env=e,

@@ -35,7 +35,8 @@ def main(argv):
         tmp = tempfile.TemporaryDirectory(prefix="gov-bench-")
         data_dir = tmp.name
         t0 = time.perf_counter()
-        generate.generate_dataset(data_dir, config.data.num_examples, config.data.seed, config.data.heldout_fraction)
+        generate.generate_dataset(data_dir, config.data.num_examples, config.data.seed, config.data.heldout_fraction,
+                                  prompt_layout=config.data.prompt_layout)
         print(f"generated {config.data.num_examples} examples in {time.perf_counter() - t0:.1f}s", flush=True)
 
     t0 = time.perf_counter()

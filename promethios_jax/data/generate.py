@@ -75,6 +75,36 @@ def format_tags(telemetry: dict, domain: str) -> str:
     return "".join(tags)
 
 
+# Where the tags stand. Request first keeps every tag at the same distance from <assess>
+# (where the verdict is read) and from the answer, whatever the request's length.
+PROMPT_LAYOUTS = ("request_tags", "tags_request")
+DEFAULT_PROMPT_LAYOUT = "request_tags"
+LEGACY_PROMPT_LAYOUT = "tags_request"  # data and checkpoints that do not name their layout
+
+
+def check_layout(layout: str) -> str:
+    if layout not in PROMPT_LAYOUTS:
+        raise ValueError(f"unknown prompt layout {layout!r}; expected one of {PROMPT_LAYOUTS}")
+    return layout
+
+
+def compose_prompt(tags: str, request: str, layout: str = DEFAULT_PROMPT_LAYOUT) -> str:
+    """The prompt text: the request and the tags line, in `layout`'s order."""
+    return request + "\n" + tags if check_layout(layout) == "request_tags" else tags + "\n" + request
+
+
+def split_prompt(prompt: str) -> tuple[str, str, str]:
+    """(tags, request, layout) of a prompt written by `compose_prompt` in either layout: the
+    tags are the line that opens with a domain tag (a request cannot hold a tag)."""
+    head, _, tail = prompt.partition("\n")
+    if head.startswith("<gov:domain="):
+        return head, tail, "tags_request"
+    request, _, tags = prompt.rpartition("\n")
+    if not tags.startswith("<gov:domain="):
+        raise ValueError(f"prompt has no tags line: {prompt[:80]!r}")
+    return tags, request, "request_tags"
+
+
 def bias_labels(telemetry: dict, domain: str, framing) -> dict:
     """The bias labels: a request framing, or the telemetry pattern of that bias."""
     req = schema.DOMAIN_TRUST[domain]
@@ -91,7 +121,8 @@ def bias_labels(telemetry: dict, domain: str, framing) -> dict:
     return {k: int(active[k]) for k in schema.BIAS_CATEGORIES}
 
 
-def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> tuple:
+def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set,
+           layout: str = DEFAULT_PROMPT_LAYOUT) -> tuple:
     """`n` examples with telemetry from `telemetry_fn(rng, domain_idx)` and text from `tpl`.
 
     Returns (examples, info): info holds per-example arrays `rule_hitl` (noise-free),
@@ -142,7 +173,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text
             req_text, response, tool, framing, logp = wording.text(category_l[i], domain_l[i], t["emotion"],
                                                                    outcome, u, tpl, aside_uniforms[i])
-            prompt = tags + "\n" + req_text
+            prompt = compose_prompt(tags, req_text, layout)
             if prompt not in seen:
                 break
             u = rng.random(24)
@@ -177,10 +208,10 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set) -> t
     return examples, info
 
 
-def generate_examples(num_examples: int, seed: int) -> list:
+def generate_examples(num_examples: int, seed: int, prompt_layout: str = DEFAULT_PROMPT_LAYOUT) -> list:
     """Examples of the training distribution (dicts without `split`), in generation order."""
     return _build(np.random.default_rng(seed), num_examples, draws.iid_telemetry, templates.TRAIN,
-                  f"gov-{seed}-", set())[0]
+                  f"gov-{seed}-", set(), check_layout(prompt_layout))[0]
 
 
 def _check_out_dir(out_dir) -> Path:
@@ -258,16 +289,17 @@ def _write_split(out: Path, split: str, records: list) -> list:
 
 
 def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction: float = 0.03,
-                     eval_examples: int | None = None) -> dict:
+                     eval_examples: int | None = None, prompt_layout: str = DEFAULT_PROMPT_LAYOUT) -> dict:
     """Generates, splits and writes the dataset; returns the manifest (also in manifest.json).
 
     `train` holds `num_examples - round(heldout_fraction * num_examples)` examples. The
     i.i.d. `heldout` split holds max(round(heldout_fraction * num_examples), eval_examples)
     examples and each other evaluation split `eval_examples` (default
     min(EVAL_EXAMPLES, round(EVAL_SHARE * num_examples))); they are generated beyond
-    `num_examples`.
+    `num_examples`. `prompt_layout` orders each prompt's request and tags (PROMPT_LAYOUTS).
     """
     _validate_args(num_examples, heldout_fraction, eval_examples)
+    check_layout(prompt_layout)
     out = _check_out_dir(out_dir)
     n, seed = int(num_examples), int(seed)
     n_frac = int(round(n * heldout_fraction))
@@ -278,7 +310,7 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
 
     seen: set = set()
     pool, info = _build(np.random.default_rng(seed), n - n_frac + n_held, draws.iid_telemetry, templates.TRAIN,
-                        f"gov-{seed}-", seen)
+                        f"gov-{seed}-", seen, prompt_layout)
     held = np.zeros(len(pool), bool)
     held[np.random.default_rng([seed, 1]).permutation(len(pool))[:n_held]] = True
     parts = {"train": ([e for e, h in zip(pool, held) if not h], info, ~held, "train"),
@@ -287,12 +319,13 @@ def generate_dataset(out_dir, num_examples: int, seed: int = 0, heldout_fraction
                                                ("shift_boundary", draws.boundary_telemetry, "train"),
                                                ("shift_evidence", draws.evidence_telemetry, "train"))):
         tpl = templates.HELDOUT if tpl_name == "heldout" else templates.TRAIN
-        ex, inf = _build(np.random.default_rng([seed, 2, k]), n_eval, fn, tpl, f"gov-{seed}-{split}-", seen)
+        ex, inf = _build(np.random.default_rng([seed, 2, k]), n_eval, fn, tpl, f"gov-{seed}-{split}-", seen, prompt_layout)
         parts[split] = (ex, inf, np.ones(len(ex), bool), tpl_name)
 
     manifest = {
         "format": "promethios-governance/2",
         "seed": seed,
+        "prompt_layout": prompt_layout,
         "num_examples": n,
         "heldout_fraction": float(heldout_fraction),
         "eval_examples": n_eval,
@@ -349,13 +382,15 @@ def main(argv=None) -> int:
     p.add_argument("--eval_examples", type=int, default=None,
                    help=f"examples per evaluation split (default: {EVAL_SHARE:g} of num_examples, at most "
                         f"{EVAL_EXAMPLES})")
+    p.add_argument("--prompt_layout", choices=PROMPT_LAYOUTS, default=DEFAULT_PROMPT_LAYOUT,
+                   help="request then tags (default), or tags then request (data made before the choice)")
     a = p.parse_args(argv)
     if a.num_examples <= 0:
         p.error(f"--num_examples must be a positive integer, got {a.num_examples}")
     if not 0.0 <= a.heldout_fraction < 1.0:
         p.error(f"--heldout_fraction must be in [0, 1), got {a.heldout_fraction}")
     try:
-        m = generate_dataset(a.out, a.num_examples, a.seed, a.heldout_fraction, a.eval_examples)
+        m = generate_dataset(a.out, a.num_examples, a.seed, a.heldout_fraction, a.eval_examples, a.prompt_layout)
     except ValueError as e:
         p.error(f"--out: {e}" if "out_dir" in str(e) else str(e))
     print(f"wrote {m['counts']['total']} examples to {a.out}; hitl rate of train "

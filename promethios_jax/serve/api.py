@@ -140,7 +140,8 @@ class ServerState:
         for a, b in zip(times[:-1], times[1:]):
             self.metrics.itl.observe(b - a)
         v = req.verdict
-        prompt_text = io.request_prompt(pending.telemetry, pending.domain, pending.request_text)
+        prompt_text = io.request_prompt(pending.telemetry, pending.domain, pending.request_text,
+                                        self.served.config.data.prompt_layout)
         timing = {"queue_s": None if req.t_admitted is None else round(req.t_admitted - req.t_arrival, 6),
                   "ttft_s": None if req.t_first is None else round(req.t_first - req.t_arrival, 6),
                   "e2e_s": round(req.t_done - req.t_arrival, 6)}
@@ -315,7 +316,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise APIError(400, str(e), param="stop") from None
         telemetry = body.telemetry.model_dump()
         try:
-            ids = io.prompt_ids(tok, telemetry, body.domain, text)
+            ids = io.prompt_ids(tok, telemetry, body.domain, text, state.served.config.data.prompt_layout)
         except io.PromptError as e:
             raise APIError(400, str(e), param="prompt" if endpoint == "completions" else "messages") from None
         room = engine.max_len - len(ids)

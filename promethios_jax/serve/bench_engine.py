@@ -30,7 +30,8 @@ def engine_run(workdir, prompts, max_tokens: int, batch: int, repeats: int) -> d
         time.sleep(0.01)
 
     def reqs(tag):
-        return [Request(f"{tag}-{i}", io.prompt_ids(served.tokenizer, p["telemetry"], p["domain"], p["text"]),
+        return [Request(f"{tag}-{i}", io.prompt_ids(served.tokenizer, p["telemetry"], p["domain"], p["text"],
+                                                      served.config.data.prompt_layout),
                         io.telemetry_vector(p["telemetry"], p["domain"]),
                         SamplingParams(max_tokens=max_tokens, ignore_eos=True)) for i, p in enumerate(prompts)]
 

@@ -17,7 +17,7 @@ from promethios_jax.checkpoint import load as load_checkpoint
 from promethios_jax.data.records import load_split
 from promethios_jax.workdir import data_dir, read_config
 from promethios_jax.data import schema
-from promethios_jax.data.generate import bias_labels as _generator_bias_labels, format_tags
+from promethios_jax.data.generate import bias_labels as _generator_bias_labels, compose_prompt, format_tags, split_prompt
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example
 from promethios_jax.generate import sample_token  # noqa: F401 -- re-exported for the engine
 
@@ -80,13 +80,15 @@ def load(workdir, step: int | None = None, device=None) -> Served:
     return Served(nnx.merge(graphdef, state), config, build_tokenizer(config), int(step))
 
 
-def request_prompt(telemetry: dict, domain: str, text: str) -> str:
-    """The prompt text of a request, as the generator writes it: tags, newline, request."""
-    return format_tags(telemetry, domain) + "\n" + text
+def request_prompt(telemetry: dict, domain: str, text: str, layout: str) -> str:
+    """The prompt text of a request, as the generator writes it in `layout`
+    (config.data.prompt_layout of the checkpoint)."""
+    return compose_prompt(format_tags(telemetry, domain), text, layout)
 
 
-def prompt_ids(tokenizer, telemetry: dict, domain: str, text: str) -> list[int]:
-    """<bos> tags request <assess>: the ids the eval job feeds for the same record.
+def prompt_ids(tokenizer, telemetry: dict, domain: str, text: str, layout: str) -> list[int]:
+    """<bos> request tags <assess> (or tags first, as `layout` says): the ids the eval job
+    feeds for the same record.
 
     A request text holding a control or special token would let a caller set its own
     telemetry or end the prompt early, so it is refused.
@@ -96,7 +98,7 @@ def prompt_ids(tokenizer, telemetry: dict, domain: str, text: str) -> list[int]:
     if len(own) and (tokenizer.is_control(own).any() or np.isin(own, list(special)).any()):
         raise PromptError("the request text contains a reserved governance or special tag (<gov:...>, <bos>, "
                           "<eos>, <assess>, <pad>); send telemetry in the `telemetry` field instead")
-    ids, _ = encode_example({"prompt": request_prompt(telemetry, domain, text), "response": ""}, tokenizer)
+    ids, _ = encode_example({"prompt": request_prompt(telemetry, domain, text, layout), "response": ""}, tokenizer)
     return ids
 
 
@@ -109,9 +111,10 @@ def heldout_requests(workdir, split: str = "heldout", max_tokens: int | None = N
 
     With max_tokens, only those whose prompt leaves room for max_tokens in the context."""
     config, _ = read_config(workdir)
-    out = [{"text": r["prompt"].split("\n", 1)[1], "telemetry": r["telemetry"], "domain": r["domain"]}
+    out = [{"text": split_prompt(r["prompt"])[1], "telemetry": r["telemetry"], "domain": r["domain"]}
            for r in load_split(str(data_dir(config, workdir)), split)]
     if max_tokens is not None:
         tok, room = build_tokenizer(config), int(config.model.max_seq_len) - max_tokens
-        out = [r for r in out if len(prompt_ids(tok, r["telemetry"], r["domain"], r["text"])) <= room]
+        out = [r for r in out if len(prompt_ids(tok, r["telemetry"], r["domain"], r["text"],
+                                                 config.data.prompt_layout)) <= room]
     return out

@@ -116,8 +116,9 @@ class EscalationStore:
             return entry
 
 
-def dataset_record(entry: dict) -> dict:
-    """A resolved escalation as a record of the generator's schema (split "train").
+def dataset_record(entry: dict, layout: str) -> dict:
+    """A resolved escalation as a record of the generator's schema (split "train"), its
+    prompt in `layout` (the checkpoint's config.data.prompt_layout).
 
     The reviewer's decision sets hitl and decision; the band follows the rule unless the
     reviewer disagrees with it (then "low" for a hand-over, "medium" otherwise, as the
@@ -138,7 +139,7 @@ def dataset_record(entry: dict) -> dict:
         "domain": domain,
         "confidence_band": band,
         "telemetry": tel,
-        "prompt": io.request_prompt(tel, domain, entry["request_text"]),
+        "prompt": io.request_prompt(tel, domain, entry["request_text"], layout),
         "response": res["answer"],
         "labels": {
             "hitl": hitl,
@@ -156,7 +157,8 @@ def dataset_record(entry: dict) -> dict:
 def export(workdir, out) -> int:
     """Writes every resolved escalation as a dataset record (JSONL); returns the count."""
     store = EscalationStore(serve_dir(workdir) / "escalations")
-    records = [dataset_record(e) for e in store.all() if e["status"] == "resolved"]
+    layout = io.read_config(workdir)[0].data.prompt_layout
+    records = [dataset_record(e, layout) for e in store.all() if e["status"] == "resolved"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
