@@ -54,7 +54,7 @@ def test_each_tag_is_one_control_token_and_text_round_trips(base, tok):
         ids = tok.encode_array(rec["prompt"])
         n_tags = len(TAG_RE.findall(rec["prompt"]))
         assert int(tok.is_control(ids).sum()) == n_tags
-        assert list(ids[:n_tags]) == [tok.tag_id(m.group(1), m.group(2)) for m in TAG_RE.finditer(rec["prompt"])]
+        assert list(ids[-n_tags:]) == [tok.tag_id(m.group(1), m.group(2)) for m in TAG_RE.finditer(rec["prompt"])]
         canonical = tok.canonical_text(rec["prompt"])
         assert tok.decode(ids) == canonical
     assert tok.encode("<bos><assess><eos>") == [tok.bos_id, tok.assess_id, tok.eos_id]
