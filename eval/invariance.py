@@ -11,7 +11,7 @@ variant fits `max_seq_len` or no partner exists).
 from __future__ import annotations
 
 from eval.reference import with_ci
-from promethios_jax.data.generate import compose_prompt, split_prompt
+from promethios_jax.data.prompt import compose_prompt, split_prompt
 
 # Neutral: no emotion, no framing, no scenario; sentences the generator never writes.
 FILLER = ("For context, this note is part of our regular weekly planning.",

@@ -26,6 +26,7 @@ from eval import communication as C
 from eval import metrics as M
 from promethios_jax.data import baselines as B
 from promethios_jax.data import generate, schema, templates
+from promethios_jax.data.prompt import split_prompt
 
 BASELINES = ("majority", "one_field", "trust_gate", "two_field", "mlp", "oracle")
 TRIVIAL = ("majority", "one_field", "trust_gate", "two_field")  # the rules a gate must beat
@@ -88,7 +89,7 @@ class References:
         ngram = self.ngram.nats_each([r["response"] for r in records])
         out = []
         for i, r in enumerate(records):
-            request = generate.split_prompt(r["prompt"])[1]
+            request = split_prompt(r["prompt"])[1]
             tel, dom = r["telemetry"], r["domain"]
             rule = schema.apply_rule(tel, dom)
             out.append({

@@ -14,7 +14,7 @@ from typing import Sequence
 import ml_collections
 
 from promethios_jax.data.control import TokenizerError, trained_vocab_size
-from promethios_jax.data.generate import PROMPT_LAYOUTS
+from promethios_jax.data.prompt import PROMPT_LAYOUTS
 from promethios_jax.model import heads
 from promethios_jax.model.lora import RANK_AXIS
 from promethios_jax.model.spec import ModelSpec

@@ -30,7 +30,7 @@ from promethios_jax import state as state_lib
 from promethios_jax import workdir as workdir_lib
 from promethios_jax.data import generate, pipeline
 from promethios_jax.data import tokenizer as tokenizer_lib
-from promethios_jax.data import records
+from promethios_jax.data import prompt
 from promethios_jax.data.records import DataError
 from promethios_jax.data.tokenizer import TokenizerError
 
@@ -62,27 +62,15 @@ def prepare_data(config, workdir: Path) -> Path:
     if jax.process_index() == 0:
         if not (data_dir / "manifest.json").exists():
             t0 = time.time()
-            manifest = generate.generate_dataset(str(data_dir), config.data.num_examples, config.data.seed,
-                                                 config.data.heldout_fraction,
-                                                 prompt_layout=config.data.prompt_layout)
-            print(f"generated {manifest.get('counts', {}).get('total', config.data.num_examples)} examples "
-                  f"into {data_dir} in {time.time() - t0:.1f}s", flush=True)
+            d = config.data
+            m = generate.generate_dataset(str(data_dir), d.num_examples, d.seed, d.heldout_fraction,
+                                          prompt_layout=d.prompt_layout)
+            print(f"generated {m['counts']['total']} examples into {data_dir} in {time.time() - t0:.1f}s", flush=True)
         tokenizer_lib.ensure_trained(config, data_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("data_ready")
-    _check_layout(config, data_dir)
+    prompt.check_data_layout(data_dir, config.data.prompt_layout)
     return data_dir
-
-
-def _check_layout(config, data_dir) -> None:
-    """Training on prompts laid out otherwise than the config says would teach the model one
-    layout and serve it another."""
-    made = records.read_manifest(data_dir).get("prompt_layout", generate.LEGACY_PROMPT_LAYOUT)
-    if made != config.data.prompt_layout:
-        raise TrainError(f"the data in {data_dir} lays prompts out as {made!r} but config.data.prompt_layout="
-                         f"{config.data.prompt_layout!r}: regenerate the data (python -m promethios_jax.data.generate "
-                         f"--prompt_layout={config.data.prompt_layout} --out=DIR, or delete {data_dir} when it is "
-                         f"the workdir's) or set --config.data.prompt_layout={made}")
 
 
 class _StopFlag:

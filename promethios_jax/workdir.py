@@ -24,7 +24,7 @@ from pathlib import Path
 import ml_collections
 
 from promethios_jax.config import base_config
-from promethios_jax.data.generate import LEGACY_PROMPT_LAYOUT
+from promethios_jax.data.prompt import LEGACY_PROMPT_LAYOUT
 
 CHECKPOINTS = "checkpoints"
 TB = "tb"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promethios_jax.data import generate, schema, templates, wording
+from promethios_jax.data import generate, prompt as prompt_lib, schema, templates, wording
 from promethios_jax.data.records import load_split
 
 N = 2000
@@ -239,7 +239,7 @@ def test_scenarios_vary(data):
     every = recs["train"] + recs["heldout"]
     for c in schema.CATEGORIES:
         assert len(templates.SCENARIOS[c]) >= 8
-        reqs = {generate.split_prompt(r["prompt"])[1] for r in every if r["category"] == c}
+        reqs = {prompt_lib.split_prompt(r["prompt"])[1] for r in every if r["category"] == c}
         assert len(reqs) > 0.9 * sum(r["category"] == c for r in every)
     saas = [r for r in every if r["category"] == "saas_development" and r["labels"]["decision"] == "proceed"]
     assert any("def " in r["response"] for r in saas)
@@ -276,9 +276,9 @@ def _template_texts(tpl: dict, side: str) -> list:
 def test_heldout_templates_never_occur_in_training(data):
     _, manifest, recs = data
     assert manifest["splits"]["heldout_templates"]["templates"] == "heldout"
-    train_text = {"request": [generate.split_prompt(r["prompt"])[1] for r in recs["train"]],
+    train_text = {"request": [prompt_lib.split_prompt(r["prompt"])[1] for r in recs["train"]],
                   "response": [r["response"] for r in recs["train"]]}
-    held_text = {"request": [generate.split_prompt(r["prompt"])[1] for r in recs["heldout_templates"]],
+    held_text = {"request": [prompt_lib.split_prompt(r["prompt"])[1] for r in recs["heldout_templates"]],
                  "response": [r["response"] for r in recs["heldout_templates"]]}
     for side in ("request", "response"):
         reserved = _fragments(_template_texts(templates.HELDOUT, side))
@@ -403,23 +403,23 @@ def test_prompts_put_the_request_before_the_tags(data):
     for r in recs["train"][:50] + recs["shift_evidence"][:50]:
         request, tags = r["prompt"].rsplit("\n", 1)
         assert tags == generate.format_tags(r["telemetry"], r["domain"]) and "<gov:" not in request
-        assert generate.split_prompt(r["prompt"]) == (tags, request, "request_tags")
+        assert prompt_lib.split_prompt(r["prompt"]) == (tags, request, "request_tags")
 
 
 def test_the_older_layout_differs_only_in_its_order():
     new = generate.generate_examples(30, seed=4)
     old = generate.generate_examples(30, seed=4, prompt_layout="tags_request")
     for a, b in zip(new, old):
-        tags, request, layout = generate.split_prompt(b["prompt"])
+        tags, request, layout = prompt_lib.split_prompt(b["prompt"])
         assert layout == "tags_request" and b["prompt"] == f"{tags}\n{request}"
-        assert generate.split_prompt(a["prompt"]) == (tags, request, "request_tags")
+        assert prompt_lib.split_prompt(a["prompt"]) == (tags, request, "request_tags")
         assert {k: v for k, v in a.items() if k != "prompt"} == {k: v for k, v in b.items() if k != "prompt"}
     # A served request may span lines; either layout splits back to it.
     tags = generate.format_tags(new[0]["telemetry"], new[0]["domain"])
-    for layout in generate.PROMPT_LAYOUTS:
-        assert generate.split_prompt(generate.compose_prompt(tags, "line one\nline two", layout)) == (
+    for layout in prompt_lib.PROMPT_LAYOUTS:
+        assert prompt_lib.split_prompt(prompt_lib.compose_prompt(tags, "line one\nline two", layout)) == (
             tags, "line one\nline two", layout)
     with pytest.raises(ValueError, match="unknown prompt layout"):
-        generate.compose_prompt(tags, "x", "tags_last")
+        prompt_lib.compose_prompt(tags, "x", "tags_last")
     with pytest.raises(ValueError, match="no tags line"):
-        generate.split_prompt("just a request\nand more")
+        prompt_lib.split_prompt("just a request\nand more")

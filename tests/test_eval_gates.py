@@ -9,7 +9,7 @@ from eval import communication as C
 from eval import invariance, scoring
 from eval import metrics as M
 from eval import reference as R
-from promethios_jax.data import generate, schema
+from promethios_jax.data import generate, prompt as prompt_lib, schema
 from promethios_jax.data.records import load_split
 
 
@@ -101,8 +101,8 @@ def test_invariance_variants_keep_the_tags_and_change_only_the_request(data):
     for variant in ("pad", "swap"):
         for p in v[variant]:
             orig = by_id[p["id"].rsplit("#", 1)[0]]
-            tags, _, layout = generate.split_prompt(p["prompt"])
-            assert (tags, layout) == generate.split_prompt(orig["prompt"])[::2] and layout == "request_tags"
+            tags, _, layout = prompt_lib.split_prompt(p["prompt"])
+            assert (tags, layout) == prompt_lib.split_prompt(orig["prompt"])[::2] and layout == "request_tags"
             assert p["telemetry"] == orig["telemetry"] and p["prompt"] != orig["prompt"]
     assert all(invariance.FILLER[0] in p["prompt"] for p in v["pad"])
     rows = [{"id": r["id"], "hitl_pred": 1} for r in held[:4]]

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from eval import predict
-from promethios_jax.data import generate, packing, records as data_records
+from promethios_jax.data import packing, prompt as prompt_lib, records as data_records
 from tests.util import small_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +167,7 @@ def heldout(workdir):
 
 
 def split_prompt(record):
-    return generate.split_prompt(record["prompt"])[1]
+    return prompt_lib.split_prompt(record["prompt"])[1]
 
 
 # ------------------------------------------------------------------------- start-up

@@ -149,12 +149,13 @@ def test_validation_refuses_bad_meshes_and_batches():
 def test_data_in_another_prompt_layout_is_refused(tmp_path):
     from promethios_jax import train
     from promethios_jax.data import generate
+    from promethios_jax.data.records import DataError
 
     d = tmp_path / "old"
     generate.generate_dataset(str(d), 40, 0, 0.1, prompt_layout="tags_request")
     c = small_config()
     c.data.path = str(d)
-    with pytest.raises(train.TrainError, match="lays prompts out as 'tags_request' but config.data.prompt_layout="
+    with pytest.raises(DataError, match="lays prompts out as 'tags_request' but config.data.prompt_layout="
                                                "'request_tags'"):
         train.prepare_data(c, tmp_path / "run")
     c.data.prompt_layout = "tags_request"

@@ -45,6 +45,7 @@ import numpy as np
 from array_record.python import array_record_module
 
 from promethios_jax.data import draws, schema, templates, wording
+from promethios_jax.data.prompt import DEFAULT_PROMPT_LAYOUT, PROMPT_LAYOUTS, check_layout, compose_prompt
 
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk, no codec: fastest random reads
@@ -73,36 +74,6 @@ def format_tags(telemetry: dict, domain: str) -> str:
         v = telemetry[k]
         tags.append(f"<gov:{k}={v:.2f}>" if k in schema.NUMERIC_KEYS else f"<gov:{k}={v}>")
     return "".join(tags)
-
-
-# Where the tags stand. Request first keeps every tag at the same distance from <assess>
-# (where the verdict is read) and from the answer, whatever the request's length.
-PROMPT_LAYOUTS = ("request_tags", "tags_request")
-DEFAULT_PROMPT_LAYOUT = "request_tags"
-LEGACY_PROMPT_LAYOUT = "tags_request"  # data and checkpoints that do not name their layout
-
-
-def check_layout(layout: str) -> str:
-    if layout not in PROMPT_LAYOUTS:
-        raise ValueError(f"unknown prompt layout {layout!r}; expected one of {PROMPT_LAYOUTS}")
-    return layout
-
-
-def compose_prompt(tags: str, request: str, layout: str = DEFAULT_PROMPT_LAYOUT) -> str:
-    """The prompt text: the request and the tags line, in `layout`'s order."""
-    return request + "\n" + tags if check_layout(layout) == "request_tags" else tags + "\n" + request
-
-
-def split_prompt(prompt: str) -> tuple[str, str, str]:
-    """(tags, request, layout) of a prompt written by `compose_prompt` in either layout: the
-    tags are the line that opens with a domain tag (a request cannot hold a tag)."""
-    head, _, tail = prompt.partition("\n")
-    if head.startswith("<gov:domain="):
-        return head, tail, "tags_request"
-    request, _, tags = prompt.rpartition("\n")
-    if not tags.startswith("<gov:domain="):
-        raise ValueError(f"prompt has no tags line: {prompt[:80]!r}")
-    return tags, request, "request_tags"
 
 
 def bias_labels(telemetry: dict, domain: str, framing) -> dict:

@@ -17,7 +17,8 @@ from promethios_jax.checkpoint import load as load_checkpoint
 from promethios_jax.data.records import load_split
 from promethios_jax.workdir import data_dir, read_config
 from promethios_jax.data import schema
-from promethios_jax.data.generate import bias_labels as _generator_bias_labels, compose_prompt, format_tags, split_prompt
+from promethios_jax.data.generate import bias_labels as _generator_bias_labels, format_tags
+from promethios_jax.data.prompt import compose_prompt, split_prompt
 from promethios_jax.data.tokenizer import build_tokenizer, encode_example
 from promethios_jax.generate import sample_token  # noqa: F401 -- re-exported for the engine
 
