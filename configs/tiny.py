@@ -1,7 +1,7 @@
 """CPU demo: a small governance transformer that learns visibly in minutes on 2 cores.
 
 What `python -m promethios_jax.train` runs. Sized so that data generation and training
-finish in under 8 minutes on an idle 2-core CPU (7 min 6 s measured; the step time
+finish in about 8 minutes on an idle 2-core CPU (7 min 6 s and 8 min 6 s measured; the step time
 roughly triples when other jobs share the cores), and the eval job then reads the
 figures of BENCHMARKS.md ("Demo quality: subword tokenizer") off the held-out splits.
 
