@@ -34,7 +34,8 @@ def perturbations(records: list[dict], fits) -> dict:
     for r in records:
         tags, request, layout = split_prompt(r["prompt"])
         for k in range(len(FILLER), 0, -1):
-            padded = {**r, "id": f"{r['id']}#pad", "prompt": compose_prompt(tags, f"{request} {' '.join(FILLER[:k])}", layout)}
+            padded_request = f"{request} {' '.join(FILLER[:k])}"
+            padded = {**r, "id": f"{r['id']}#pad", "prompt": compose_prompt(tags, padded_request, layout)}
             if fits(padded):
                 out["pad"].append(padded)
                 break

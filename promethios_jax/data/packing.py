@@ -1,10 +1,11 @@
 """Packing examples into rows: fitting an example to the row length, the per-epoch
 packing plan, and writing an example into a batch row (data/batch.py's fields).
 
-The prompt (<bos>, request, tags, <assess>; tags first in the older layout) is never cut: it is exactly the prompt that
-generation and serving build, so nothing about the response, its length included,
-reaches the heads. An example longer than `max_seq_len` loses the tail of its response
-only; `fit` returns None for one whose prompt leaves no room for a response token.
+The prompt (<bos>, request, tags, <assess>; tags first in the older layout) is never
+cut: it is exactly the prompt that generation and serving build, so nothing about the
+response, its length included, reaches the heads. An example longer than `max_seq_len`
+loses the tail of its response only; `fit` returns None for one whose prompt leaves no
+room for a response token.
 """
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ indices reads, tokenizes and packs each row, batches the rows (batching a MapDat
 keeps the output independent of the worker count) and prefetches, in worker processes
 when `config.data.worker_count > 0`.
 
-The prompt (<bos>, request, tags, <assess>; tags first in the older layout) is never cut: it is exactly the prompt that
-generation and serving build (`tokenizer.encode_example`), so nothing about the
-response, its length included, reaches the heads. An example longer than
-`max_seq_len` loses the tail of its response only; one whose prompt leaves no room for
-a response token is skipped in training (and refused by `eval_batches`). Both counts
+The prompt (<bos>, request, tags, <assess>; tags first in the older layout) is never
+cut: it is exactly the prompt that generation and serving build
+(`tokenizer.encode_example`), so nothing about the response, its length included,
+reaches the heads. An example longer than `max_seq_len` loses the tail of its response
+only; one whose prompt leaves no room for a response token is skipped in training (and refused by `eval_batches`). Both counts
 are logged and kept in `iterator.stats`; nothing is dropped silently. A missing or
 corrupt shard raises
 `DataError` naming the file (and the record index where known).
