@@ -40,6 +40,10 @@ def get_config():
     m.remat_policy = "none"
 
     c.data.tokenizer = "sentencepiece:1024"
+    # Each answer starts with its outcome's piece, so the model picks the outcome in one
+    # token where the heads read (data/RULES.md "Outcome piece"): without it greedy
+    # decoding wrote plain answers for most "answer with safeguards" verdicts.
+    c.data.outcome_token = True
 
     # The verdict and the words weigh the same: with the LM at 1.0 the answers stayed
     # garbled at step 900 (professional communication 0.71 / 0.64); at 2.0 they read

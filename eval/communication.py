@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 from eval.metrics import ratio
 from promethios_jax.data import schema
+from promethios_jax.data.control import OUTCOMES, outcome_of
 
 # ----------------------------------------------------------------------- leaks
 
@@ -117,10 +118,9 @@ def hands_over(text: str) -> bool:
     return bool(_HANDOVER.search(text))
 
 
-# What a response does, read from its words, in the generator's outcome names (RULES.md):
-# hand over (escalate), hand over with care for the user (support), answer with
-# safeguards, decline, answer (proceed).
-OUTCOMES = ("escalate", "support", "safeguards", "decline", "proceed")
+# What a response does, read from its words, in the generator's outcome names (RULES.md,
+# data/control.OUTCOMES): hand over (escalate), hand over with care for the user (support),
+# answer with safeguards, decline, answer (proceed).
 _SUPPORT = re.compile(r"\b(?:I can tell|thank you for telling|shouldn't have to|I'm sorry|sounds like a lot|"
                       r"I hear you)\b", re.IGNORECASE)
 _DECLINE = re.compile(r"\b(?:can't go ahead|not able to help|isn't something I can do|beyond what I'm "
@@ -148,9 +148,14 @@ def read_outcome(text: str) -> str | None:
 def rule_outcome(telemetry: dict, domain: str) -> str:
     """The noise-free rule's outcome for an example, as the generator maps it to a response."""
     r = schema.apply_rule(telemetry, domain)
-    if r["decision"] == "escalate":
-        return "support" if r["band"] == "uncertain_emotional" else "escalate"
-    return {"proceed": "proceed", "proceed_with_safeguards": "safeguards", "decline": "decline"}[r["decision"]]
+    return outcome_of(r["decision"], r["band"])
+
+
+def follows_outcome_token(responses: Sequence[str], outcome_tokens: Sequence[str | None]) -> float | None:
+    """Share of responses whose words enact the outcome piece the model began with
+    (config.data.outcome_token), over those that began with one; None when none did."""
+    led = [(r, o) for r, o in zip(responses, outcome_tokens) if o]
+    return ratio(sum(read_outcome(r) == o for r, o in led), len(led)) if led else None
 
 
 def degenerate(text: str, n: int = DEGENERATE_NGRAM, repeats: int = DEGENERATE_REPEATS) -> bool:

@@ -174,6 +174,7 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
                        max_new_tokens: int | None = None, batch_size: int = 64) -> list[dict]:
     """Greedy responses to the held-out prompts `ids`, with every head's verdict."""
     tokenizer = tok_lib.build_tokenizer(config)
+    outcome_of_id = {i: p[len("<outcome:"):-1] for p, i in getattr(tokenizer, "outcome_ids", {}).items()}
     out = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
@@ -196,6 +197,8 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
                 "prompt": rec["prompt"],
                 "telemetry": rec.get("telemetry"),
                 "response": r.text,
+                # The outcome piece the model began with (config.data.outcome_token), else None.
+                "outcome_token": outcome_of_id.get(r.ids[0]) if r.ids else None,
                 "finished": r.stop_reason == "eos",
                 "hitl_prob": float(r.verdict[f"{heads_lib.ESCALATION}_prob"]),
                 "escalated": bool(r.escalate),

@@ -165,6 +165,7 @@ def markdown(result: dict, samples: list[dict], images: dict[str, str]) -> str:
                   f"HITL p = {s['hitl_prob']:.3f} → {verdict} (label: {'escalate' if s['hitl_label'] else 'answer'})"
                   f"; rule's outcome {s['rule_outcome']}, the text's {s['outcome_read']}"
                   + (" (match)" if s["rule_outcome"] == s["outcome_read"] else " (MISMATCH)")
+                  + (f"; its outcome token {s['outcome_token']}" if s.get("outcome_token") else "")
                   + (f"; leaks: {', '.join(s['leaks'])}" if s["leaks"] else ""),
                   "", "Prompt:", "", "```", s["prompt"].strip(), "```", "", "Response:", "", "```",
                   s["response"].strip() or "(empty)", "```", ""]

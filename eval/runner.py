@@ -182,8 +182,8 @@ def evaluate(workdir, step: int | None = None, split: str = "heldout", num_gener
     for s in GENERATED_SPLITS:
         ids = predict.pick_for_generation(list(splits[s]), n_gen)
         for g in (predict.generate_responses(model, config, splits[s], ids, threshold, budget) if ids else []):
-            by_key[(s, g["id"])]["generation"] = {k: g[k] for k in ("prompt", "response", "finished", "hitl_prob",
-                                                                    "escalated", "verdict")}
+            by_key[(s, g["id"])]["generation"] = {k: g[k] for k in ("prompt", "response", "outcome_token", "finished",
+                                                                    "hitl_prob", "escalated", "verdict")}
     t_generate = time.time() - t0
 
     result = {"step": step, "split": split, "workdir": str(workdir.absolute()), "data_dir": str(ddir),

@@ -194,6 +194,9 @@ def metrics_from_rows(rows: list[dict], figures: dict | None = None, generations
                                           [g["prompt"] for g in gs], [g["finished"] for g in gs])
         comm[split] = {**{k: v for k, v in pc.items() if k != "ok"},
                        "ci": R.with_ci(sum(pc["ok"]), len(pc["ok"]))}
+        follows = C.follows_outcome_token([g["response"] for g in gs], [g.get("outcome_token") for g in gs])
+        if follows is not None:
+            comm[split]["text_follows_outcome_token"] = follows
     res["professional_communication_by_split"] = comm
 
     figs = gate_figures(by_split)

@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "request_tags": request, newline, tags, then <assess> (every tag at a fixed distance
     # from where the verdict is read); "tags_request": the layout before this key existed.
     d.prompt_layout = "request_tags"
+    # Start each response with its outcome's piece (<outcome:safeguards>, ...; hidden when
+    # decoded): byte and SentencePiece tokenizers trained here (data/control.py says why).
+    d.outcome_token = False
     d.max_segments_per_row = 8
     d.mix = ()  # ((category, weight), ...): a stage's category mix (set by stages.py); empty: as generated
     d.shuffle_seed = 0

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
+from eval.communication import read_outcome
 from promethios_jax.config import base_config
 from promethios_jax.data import generate, pipeline, schema, tokenizer
+from promethios_jax.data.control import OUTCOMES, control_pieces, outcome_of
 from promethios_jax.data.records import load_split
 
 
@@ -73,6 +75,60 @@ def test_encode_example_ends_prompt_with_assess(tok):
         assert r[-1] == tok.eos_id and tok.assess_id not in r and tok.eos_id not in r[:-1]
         assert not tok.is_control(r).any()
         assert tok.decode(r[:-1]) == ex["response"]
+
+
+def _outcome_config(spec="byte"):
+    c = base_config()
+    c.data.tokenizer, c.data.outcome_token = spec, True
+    return c
+
+
+def test_outcome_token_starts_each_response_and_is_never_shown(tok):
+    otok = tokenizer.build_tokenizer(_outcome_config())
+    assert otok.vocab_size == tok.vocab_size + len(OUTCOMES) <= base_config().model.vocab_size
+    assert tok.fingerprint != otok.fingerprint and not tok.outcome_ids
+    seen = set()
+    for ex in generate.generate_examples(120, seed=5):
+        p, r = tokenizer.encode_example(ex, otok)
+        outcome = outcome_of(ex["labels"]["decision"], ex["labels"]["confidence"])
+        assert read_outcome(ex["response"]) == outcome  # the piece names what the words then do
+        assert r[0] == otok.outcome_ids[f"<outcome:{outcome}>"] and r[1:] == tokenizer.encode_example(ex, tok)[1]
+        assert p == tokenizer.encode_example(ex, tok)[0]  # the prompt is untouched
+        assert otok.decode(r[:-1]) == ex["response"]  # decoded text never shows it
+        seen.add(outcome)
+    assert seen == set(OUTCOMES)
+    # A prompt alone (the server's) needs no labels; a response without them is refused.
+    assert tokenizer.encode_example({"prompt": ex["prompt"], "response": ""}, otok)[1] == [otok.eos_id]
+    with pytest.raises(tokenizer.TokenizerError, match="outcome_token needs its labels"):
+        tokenizer.encode_example({"prompt": ex["prompt"], "response": ex["response"]}, otok)
+    # Packed rows are cached per tokenizer key: the outcome piece changes every length.
+    key = lambda t: pipeline._length_cache("/d", "train", t).name  # noqa: E731
+    assert key(otok) != key(tok)
+
+
+def test_outcome_token_needs_a_tokenizer_that_has_the_pieces(tmp_path, monkeypatch):
+    pytest.importorskip("sentencepiece")
+    d = tmp_path / "data"
+    generate.generate_dataset(str(d), 200, seed=0)
+    texts = [t for r in load_split(str(d), "train") for t in (r["prompt"], r["response"])]
+    with monkeypatch.context() as m:  # a model trained before the outcome pieces existed
+        m.setattr(tokenizer, "outcome_pieces", lambda: [])
+        old = tokenizer.train_sentencepiece(texts, tmp_path / "old" / "gov", vocab_size=700)
+    new = tokenizer.train_sentencepiece(texts, tmp_path / "new" / "gov", vocab_size=700)
+    c = _outcome_config(old)
+    c.model.vocab_size = 1024
+    with pytest.raises(tokenizer.TokenizerError, match="outcome_token=True needs the outcome pieces"):
+        tokenizer.build_tokenizer(c)
+    c.data.outcome_token = False
+    assert not tokenizer.build_tokenizer(c).outcome_ids  # still serves what it was trained for
+    c = _outcome_config(new)
+    c.model.vocab_size = 1024
+    otok = tokenizer.build_tokenizer(c)
+    assert sorted(otok.outcome_ids) == sorted(f"<outcome:{o}>" for o in OUTCOMES)
+    assert len(control_pieces()) + len(OUTCOMES) < 700
+    ex = load_split(str(d), "heldout")[0]
+    r = tokenizer.encode_example(ex, otok)[1]
+    assert r[0] in otok.outcome_ids.values() and otok.decode(r[:-1]) == ex["response"]
 
 
 def test_sentencepiece_option(tmp_path):

@@ -10,6 +10,7 @@ from eval import invariance, scoring
 from eval import metrics as M
 from eval import reference as R
 from promethios_jax.data import generate, prompt as prompt_lib, schema
+from promethios_jax.data.control import outcome_of
 from promethios_jax.data.records import load_split
 
 
@@ -76,6 +77,13 @@ def test_reference_responses_score_high_and_gaming_outputs_low(data):
         handover = [("I'm bringing in our counsel to review it." if o in ("proceed", "safeguards") else r["response"])
                     for o, r in zip(rule, recs)]
         assert score(handover) < 0.6
+    # With outcome pieces: the words of each reference response do what its piece says.
+    recs = data["heldout"]
+    pieces = [outcome_of(r["labels"]["decision"], r["labels"]["confidence"]) for r in recs]
+    assert C.follows_outcome_token([r["response"] for r in recs], pieces) == 1.0
+    assert C.follows_outcome_token([r["response"] for r in recs], [None] * len(recs)) is None
+    swapped = ["proceed" if p != "proceed" else "decline" for p in pieces]
+    assert C.follows_outcome_token([r["response"] for r in recs], swapped) == 0.0
 
 
 def test_read_outcome_reads_every_reference_response(data):

@@ -37,6 +37,26 @@ def control_pieces() -> list[str]:
     return pieces
 
 
+# What a response does (data/RULES.md), one piece each. With config.data.outcome_token the
+# response starts with its outcome's piece: the model commits to the outcome in one token,
+# read where the heads read, instead of at a wording that splits its probability over the
+# variants that express it (greedy decoding then favours outcomes with fewer variants).
+OUTCOMES = ("escalate", "support", "safeguards", "decline", "proceed")
+
+
+def outcome_pieces() -> list[str]:
+    """The outcome pieces, in id order. They are never encoded from text and decode to ""."""
+    return [f"<outcome:{o}>" for o in OUTCOMES]
+
+
+def outcome_of(decision: str, band: str) -> str:
+    """The outcome a response enacts for a decision and confidence band (as the generator
+    writes it): an escalation is `support` when the user is in distress."""
+    if decision == "escalate":
+        return "support" if band == "uncertain_emotional" else "escalate"
+    return {"proceed": "proceed", "proceed_with_safeguards": "safeguards", "decline": "decline"}[decision]
+
+
 def canonical_tag(key: str, value: str) -> str:
     """The control piece of a `<gov:key=value>` tag (numeric values bucketed)."""
     if key in schema.NUMERIC_KEYS:
@@ -69,8 +89,8 @@ def encode_around_tags(text: str, encode_plain, special: dict, gov: dict) -> np.
 # ----------------------------------------------------------------------- trained on first use
 
 TRAINED_PREFIX = "sentencepiece:"
-# pad, bos, eos, unk, <assess>, the control pieces, 256 byte-fallback pieces, and at least one merge
-MIN_TRAINED_VOCAB = 5 + 256 + 1
+# pad, bos, eos, unk, <assess>, the outcome pieces, 256 byte-fallback pieces, at least one merge
+MIN_TRAINED_VOCAB = 5 + len(OUTCOMES) + 256 + 1
 
 
 def trained_vocab_size(spec) -> int | None:

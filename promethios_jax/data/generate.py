@@ -45,6 +45,7 @@ import numpy as np
 from array_record.python import array_record_module
 
 from promethios_jax.data import draws, schema, templates, wording
+from promethios_jax.data.control import outcome_of
 from promethios_jax.data.prompt import DEFAULT_PROMPT_LAYOUT, PROMPT_LAYOUTS, check_layout, compose_prompt
 
 SHARD_RECORDS = 5000  # records per ArrayRecord shard
@@ -137,8 +138,7 @@ def _build(rng, n: int, telemetry_fn, tpl: dict, id_prefix: str, seen: set,
             b = "low" if hitl else "medium"
             decision = "escalate" if hitl else ("decline" if t["decision"] == "DENIED"
                                                 else "proceed_with_safeguards")
-        outcome = {"proceed": "proceed", "proceed_with_safeguards": "safeguards", "decline": "decline",
-                   "escalate": "support" if b == "uncertain_emotional" else "escalate"}[decision]
+        outcome = outcome_of(decision, b)
         tags = format_tags(t, domain_l[i])
         u = uniforms[i]
         for _ in range(100):  # a repeated (prompt, telemetry) would leak across splits: redraw its text

@@ -145,10 +145,12 @@ def example_categories(data_dir, split: str = "train") -> np.ndarray:
 
 
 def _length_cache(data_dir, split: str, tokenizer) -> Path:
-    """DATA_DIR/lengths-<split>-<data key>-<tokenizer key>.npy; the data key hashes the manifest."""
+    """DATA_DIR/lengths-<split>-<data key>-<tokenizer key>.npy; the data key hashes the manifest,
+    the tokenizer key its fingerprint and whether responses start with an outcome piece."""
     manifest = (Path(data_dir) / MANIFEST).read_bytes() if (Path(data_dir) / MANIFEST).is_file() else b""
     data_key = hashlib.sha1(manifest).hexdigest()[:12]
-    tok_key = hashlib.sha1(tokenizer.fingerprint.encode()).hexdigest()[:12]
+    tok = tokenizer.fingerprint + ("+outcome" if getattr(tokenizer, "outcome_token", False) else "")
+    tok_key = hashlib.sha1(tok.encode()).hexdigest()[:12]
     return Path(data_dir) / f"lengths-{split}-{data_key}-{tok_key}.npy"
 
 

@@ -9,6 +9,9 @@ least that, the spare embedding rows are never produced):
               <gov:domain=D> per domain; <gov:K=B> for numeric K in 20 buckets of 0.05
               (trust 0.72 -> the [0.70, 0.75) token); one per emotion, state and model.
 
+`ByteTokenizer(outcome_tokens=True)` (config.data.outcome_token) appends the five
+outcome pieces of data/control.py after them (390 ids).
+
 The numeric buckets are aligned with the rule's thresholds (domain requirements,
 0.5, 0.7), so the tokens alone hold enough to apply the trust and distress gates.
 Decoding a numeric control token gives its bucket's lower edge.
@@ -45,7 +48,8 @@ from typing import Iterable
 import numpy as np
 
 from promethios_jax.data.control import (TAG_RE, TokenizerError, canonical_tag,  # noqa: F401 (re-exported)
-                                         control_pieces, encode_around_tags, trained_vocab_size)
+                                         control_pieces, encode_around_tags, outcome_of, outcome_pieces,
+                                         trained_vocab_size)
 from promethios_jax.data.hf_tokenizer import HFTokenizer, base_files, resolve_files
 from promethios_jax.data.records import load_split
 
@@ -62,13 +66,17 @@ class ByteTokenizer:
 
     name = "byte"
 
-    def __init__(self):
+    def __init__(self, outcome_tokens: bool = False):
         self.pad_id, self.bos_id, self.eos_id, self.assess_id = PAD_ID, BOS_ID, EOS_ID, ASSESS_ID
         self._special = {t[1:-1]: i for i, t in enumerate(SPECIAL_TOKENS[:4])}
         self._id_to_piece: dict[int, str] = {i: t for i, t in enumerate(SPECIAL_TOKENS)}
         self._gov = {piece: GOV_OFFSET + i for i, piece in enumerate(control_pieces())}
         self._id_to_piece.update((i, piece) for piece, i in self._gov.items())
-        self.vocab_size = GOV_OFFSET + len(self._gov)
+        end = GOV_OFFSET + len(self._gov)
+        # Optional so that byte checkpoints saved without them keep their size and fingerprint.
+        self.outcome_ids = {p: end + k for k, p in enumerate(outcome_pieces())} if outcome_tokens else {}
+        self._id_to_piece.update((i, "") for i in self.outcome_ids.values())
+        self.vocab_size = end + len(self.outcome_ids)
         self.fingerprint = f"byte-{self.vocab_size}"
         self._tag_cache: dict[str, int] = {}
 
@@ -155,6 +163,10 @@ class SentencePieceTokenizer:
         self._control[list(self._gov.values())] = True
         self._id_to_piece = {i: p for p, i in self._gov.items()}
         self._id_to_piece.update({i: f"<{k}>" for k, i in self._special.items()})
+        # Models trained before the outcome pieces existed lack them (outcome_token refuses those).
+        outcome = {p: sp.piece_to_id(p) for p in outcome_pieces()}
+        self.outcome_ids = outcome if sp.unk_id() not in outcome.values() else {}
+        self._id_to_piece.update((i, "") for i in self.outcome_ids.values())
         self.vocab_size = sp.get_piece_size()
         self.fingerprint = "spm-" + hashlib.sha1(blob).hexdigest()[:16]
 
@@ -207,7 +219,7 @@ def train_sentencepiece(texts: Iterable[str], out_prefix, vocab_size: int = 4000
         normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
         allow_whitespace_only_pieces=True, hard_vocab_limit=False,
         pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="<pad>", bos_piece="<bos>", eos_piece="<eos>",
-        user_defined_symbols=["<assess>"] + control_pieces(), num_threads=2, minloglevel=2)
+        user_defined_symbols=["<assess>"] + control_pieces() + outcome_pieces(), num_threads=2, minloglevel=2)
     return out_prefix + ".model"
 
 
@@ -279,12 +291,19 @@ def build_tokenizer(config, data_dir=None):
 
 def _open(config, data_dir):
     kind = _resolve(config, data_dir)
+    outcome = bool(config.data.get("outcome_token", False))
     if kind == "byte":
-        tok = ByteTokenizer()
+        tok = ByteTokenizer(outcome_tokens=outcome)
     elif is_hf_tokenizer(kind):
         tok = HFTokenizer(kind, use_chat_template=bool(config.data.get("chat_template", False)))
     else:
         tok = SentencePieceTokenizer(kind)
+    if outcome and not getattr(tok, "outcome_ids", None):
+        hint = (f"delete {kind} so that training makes it again" if trained_vocab_size(config.data.tokenizer)
+                else "use 'byte' or a SentencePiece model trained here")
+        raise TokenizerError(f"config.data.outcome_token=True needs the outcome pieces {outcome_pieces()}, which "
+                             f"config.data.tokenizer={config.data.tokenizer!r} lacks: {hint}")
+    tok.outcome_token = outcome
     if config.data.get("chat_template", False) and not getattr(tok, "use_chat_template", False):
         raise TokenizerError(f"config.data.chat_template=True needs a Hugging Face tokenizer with a chat template; "
                              f"config.data.tokenizer={kind!r} is not one")
@@ -323,7 +342,10 @@ def encode_example_arrays(example: dict, tokenizer) -> tuple[np.ndarray, np.ndar
     """(prompt ids, response ids) as int32 arrays: <bos> prompt <assess> | response <eos>.
 
     A tokenizer with a chat template in use (`config.data.chat_template`) renders the
-    prompt as one user turn and the assistant's header (its <bos> included) instead."""
+    prompt as one user turn and the assistant's header (its <bos> included) instead.
+    With `config.data.outcome_token` the response starts with the outcome piece of the
+    example's recorded decision and band (an example without labels and with a response
+    is refused; a prompt alone, `"response": ""`, needs none)."""
     if getattr(tokenizer, "use_chat_template", False):
         p = tokenizer.encode_array(tokenizer.apply_chat_template(example["prompt"]))
         prompt = np.append(p, np.int32(tokenizer.assess_id)).astype(np.int32)
@@ -332,6 +354,13 @@ def encode_example_arrays(example: dict, tokenizer) -> tuple[np.ndarray, np.ndar
         prompt = np.empty(len(p) + 2, np.int32)
         prompt[0], prompt[1:-1], prompt[-1] = tokenizer.bos_id, p, tokenizer.assess_id
     r = tokenizer.encode_array(example["response"])
+    if getattr(tokenizer, "outcome_token", False) and (example["response"] or "labels" in example):
+        labels = example.get("labels")
+        if not labels or "decision" not in labels or "confidence" not in labels:
+            raise TokenizerError(f"example {example.get('id', '?')!r}: config.data.outcome_token needs its "
+                                 "labels' decision and confidence to start the response with the outcome")
+        piece = f"<outcome:{outcome_of(labels['decision'], labels['confidence'])}>"
+        r = np.concatenate([np.int32([tokenizer.outcome_ids[piece]]), r])
     response = np.empty(len(r) + 1, np.int32)
     response[:-1], response[-1] = r, tokenizer.eos_id
     return prompt, response
