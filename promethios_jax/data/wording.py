@@ -108,12 +108,17 @@ def text(category: str, domain: str, emotion: str, outcome: str, u: np.ndarray, 
         resp = s.pick(tpl["decline_templates"])
         logp += np.log(_prob(tpl["decline_alternatives"], alternative) * _prob(tpl["decline_templates"], resp))
     else:
-        tails = tpl["safeguard_notes"] if outcome == "safeguards" else tpl["proceed_closers"]
-        tail = s.pick(tails)
-        opener = s.pick(tpl["proceed_openers"])
-        logp += np.log(_prob(tails, tail) * _prob(tpl["proceed_openers"], opener))
         sep = "\n\n" if "\n" in answer else " "  # code stands on its own lines
-        resp = sep.join(p for p in (opener, answer, tail) if p)
+        if outcome == "safeguards":
+            # The caveat comes first: a reader sees what the answer is worth before using it,
+            # and the outcome shows in the words right after <assess>, where it is decided.
+            note = s.pick(tpl["safeguard_notes"])
+            logp += np.log(_prob(tpl["safeguard_notes"], note))
+            resp = sep.join((note, answer))
+        else:
+            closer, opener = s.pick(tpl["proceed_closers"]), s.pick(tpl["proceed_openers"])
+            logp += np.log(_prob(tpl["proceed_closers"], closer) * _prob(tpl["proceed_openers"], opener))
+            resp = sep.join(p for p in (opener, answer, closer) if p)
     used = set(_slot_names(resp))
     for name, text in (("task", task), ("alternative", alternative)):
         if name in used:
