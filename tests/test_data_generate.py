@@ -234,6 +234,18 @@ def test_hitl_responses_hand_over(data):
     assert support and all(r["response"].startswith(starts) for r in support)
 
 
+def test_every_outcome_shows_in_the_first_words(data):
+    """A safeguarded answer opens with its note, like hand-overs and refusals open with theirs,
+    so the words that enact the outcome come right after <assess> (RULES.md "Response wording")."""
+    _, _, recs = data
+    every = [r for rows in recs.values() for r in rows]
+    notes = tuple(t.split("$")[0] for tpl in (templates.TRAIN, templates.HELDOUT) for t in tpl["safeguard_notes"])
+    safe = [r for r in every if r["labels"]["decision"] == "proceed_with_safeguards"]
+    assert safe and all(r["response"].startswith(notes) for r in safe)
+    others = [r["response"] for r in every if r["labels"]["decision"] != "proceed_with_safeguards"]
+    assert not any(n in t for t in others for n in notes)
+
+
 def test_scenarios_vary(data):
     _, _, recs = data
     every = recs["train"] + recs["heldout"]
