@@ -1,8 +1,9 @@
 """CPU demo: a small governance transformer that learns visibly in minutes on 2 cores.
 
 What `python -m promethios_jax.train` runs. Sized so that data generation and training
-finish in about 8 minutes on an idle 2-core CPU (7 min 6 s and 8 min 6 s measured; the step time
-roughly triples when other jobs share the cores), and the eval job then reads the
+finish in about 7-8 minutes on an idle 2-core CPU (7 min 1 s, 7 min 6 s and 8 min 6 s
+measured: this VM's speed varies; the step time roughly triples when other jobs share
+the cores), and the eval job (about 2 minutes) then reads the
 figures of BENCHMARKS.md ("Demo quality: subword tokenizer") off the held-out splits.
 
 The tokenizer is a 1,024-piece SentencePiece model trained on the generated train split
