@@ -22,6 +22,7 @@ from promethios_jax import generate as gen
 from promethios_jax.data import batch as batch_lib
 from promethios_jax.data import pipeline, schema
 from promethios_jax.data import tokenizer as tok_lib
+from promethios_jax.data.control import OUTCOMES, outcome_piece
 from promethios_jax.model import heads as heads_lib
 from promethios_jax.model.loss import lm_token_losses
 
@@ -174,7 +175,8 @@ def generate_responses(model, config, records: dict, ids: list[str], threshold: 
                        max_new_tokens: int | None = None, batch_size: int = 64) -> list[dict]:
     """Greedy responses to the held-out prompts `ids`, with every head's verdict."""
     tokenizer = tok_lib.build_tokenizer(config)
-    outcome_of_id = {i: p[len("<outcome:"):-1] for p, i in getattr(tokenizer, "outcome_ids", {}).items()}
+    pieces = getattr(tokenizer, "outcome_ids", {})
+    outcome_of_id = {pieces[outcome_piece(o)]: o for o in OUTCOMES} if pieces else {}
     out = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]

@@ -44,9 +44,14 @@ def control_pieces() -> list[str]:
 OUTCOMES = ("escalate", "support", "safeguards", "decline", "proceed")
 
 
+def outcome_piece(outcome: str) -> str:
+    """The piece of one of OUTCOMES. Pieces are never encoded from text and decode to ""."""
+    return f"<outcome:{outcome}>"
+
+
 def outcome_pieces() -> list[str]:
-    """The outcome pieces, in id order. They are never encoded from text and decode to ""."""
-    return [f"<outcome:{o}>" for o in OUTCOMES]
+    """The outcome pieces, in id order."""
+    return [outcome_piece(o) for o in OUTCOMES]
 
 
 def outcome_of(decision: str, band: str) -> str:

@@ -48,8 +48,8 @@ from typing import Iterable
 import numpy as np
 
 from promethios_jax.data.control import (TAG_RE, TokenizerError, canonical_tag,  # noqa: F401 (re-exported)
-                                         control_pieces, encode_around_tags, outcome_of, outcome_pieces,
-                                         trained_vocab_size)
+                                         control_pieces, encode_around_tags, outcome_of, outcome_piece,
+                                         outcome_pieces, trained_vocab_size)
 from promethios_jax.data.hf_tokenizer import HFTokenizer, base_files, resolve_files
 from promethios_jax.data.records import load_split
 
@@ -359,7 +359,7 @@ def encode_example_arrays(example: dict, tokenizer) -> tuple[np.ndarray, np.ndar
         if not labels or "decision" not in labels or "confidence" not in labels:
             raise TokenizerError(f"example {example.get('id', '?')!r}: config.data.outcome_token needs its "
                                  "labels' decision and confidence to start the response with the outcome")
-        piece = f"<outcome:{outcome_of(labels['decision'], labels['confidence'])}>"
+        piece = outcome_piece(outcome_of(labels["decision"], labels["confidence"]))
         r = np.concatenate([np.int32([tokenizer.outcome_ids[piece]]), r])
     response = np.empty(len(r) + 1, np.int32)
     response[:-1], response[-1] = r, tokenizer.eos_id
